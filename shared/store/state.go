@@ -1,0 +1,156 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+)
+
+// State is one authorization in flight. It is stored under a hash of the
+// state value, never the value itself, and consumed exactly once.
+type State struct {
+	Key
+	Verifier    string // PKCE code verifier; sealed at rest
+	ReturnTo    string
+	RedirectURI string
+	Scopes      []string
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+}
+
+type stateItem struct {
+	PK          string   `dynamodbav:"pk"`
+	Type        string   `dynamodbav:"type"`
+	Provider    string   `dynamodbav:"provider"`
+	Connection  string   `dynamodbav:"connection"`
+	Verifier    string   `dynamodbav:"verifier,omitempty"`
+	ReturnTo    string   `dynamodbav:"return_to,omitempty"`
+	RedirectURI string   `dynamodbav:"redirect_uri,omitempty"`
+	Scopes      []string `dynamodbav:"scopes,omitempty"`
+	CreatedAt   int64    `dynamodbav:"created_at"`
+	ExpiresAt   int64    `dynamodbav:"expires_at"`
+	TTL         int64    `dynamodbav:"ttl"`
+}
+
+func statePK(value string) string {
+	sum := sha256.Sum256([]byte(value))
+	return "state#" + hex.EncodeToString(sum[:])
+}
+
+const (
+	minStateLen = 16
+	maxStateLen = 512
+)
+
+func validState(value string) error {
+	if len(value) < minStateLen || len(value) > maxStateLen {
+		return fmt.Errorf("%w: state must be %d-%d characters", ErrStateInvalid, minStateLen, maxStateLen)
+	}
+	return nil
+}
+
+// PutState stores a new authorization state under the hash of value.
+func (s *Store) PutState(ctx context.Context, value string, st *State) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validState(value); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := st.Key.Validate(); err != nil {
+		return err
+	}
+	if st.ExpiresAt.IsZero() || len(st.ReturnTo) > maxText || len(st.RedirectURI) > maxText || len(st.Scopes) > 64 {
+		return fmt.Errorf("%w: state needs an expiry, and return_to, redirect_uri and scopes within bounds", ErrInvalid)
+	}
+	pk := statePK(value)
+	it := stateItem{
+		PK: pk, Type: "state", Provider: st.Provider, Connection: st.Connection,
+		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes,
+		CreatedAt: unixOrZero(st.CreatedAt), ExpiresAt: st.ExpiresAt.Unix(),
+		// DynamoDB deletes expired items late; consumers check expires_at themselves.
+		TTL: st.ExpiresAt.Add(time.Hour).Unix(),
+	}
+	if st.Verifier != "" {
+		v, err := s.Ring.Seal(st.Verifier, binding(pk, "verifier"))
+		if err != nil {
+			return fmt.Errorf("%w: verifier: %v", ErrInvalid, err)
+		}
+		it.Verifier = v
+	}
+	av, err := attributevalue.MarshalMap(it)
+	if err != nil {
+		return fmt.Errorf("store: marshal state: %w", err)
+	}
+	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
+	if err != nil {
+		return err
+	}
+	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: aws.String(s.Table), Item: av,
+		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
+	})
+	if isConditionFailed(err) {
+		return fmt.Errorf("%w: state collision", ErrAlreadyExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: put state: %w", err)
+	}
+	return nil
+}
+
+// ConsumeState deletes the state in one conditional delete that also checks
+// its expiry, and returns what it held. A second consume of the same value,
+// an unknown value or an expired one returns ErrStateInvalid.
+func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if err := validState(value); err != nil {
+		return nil, err
+	}
+	pk := statePK(value)
+	cond, err := buildExpr(expression.NewBuilder().WithCondition(
+		expression.AttributeExists(expression.Name("pk")).And(
+			expression.Name("type").Equal(expression.Value("state")),
+			expression.Name("expires_at").GreaterThan(expression.Value(s.now().Unix())))))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.DB.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(pk),
+		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(), ExpressionAttributeValues: cond.Values(),
+		ReturnValues: "ALL_OLD",
+	})
+	if isConditionFailed(err) {
+		return nil, fmt.Errorf("%w", ErrStateInvalid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: consume state: %w", err)
+	}
+	var it stateItem
+	if err := attributevalue.UnmarshalMap(out.Attributes, &it); err != nil {
+		return nil, fmt.Errorf("%w: state: %v", ErrCorrupt, err)
+	}
+	st := &State{
+		Key:      Key{Provider: it.Provider, Connection: it.Connection},
+		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes,
+		CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: timeOrZero(it.ExpiresAt),
+	}
+	if err := st.Key.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: state: %v", ErrCorrupt, err)
+	}
+	if it.Verifier != "" {
+		if st.Verifier, err = s.Ring.Open(it.Verifier, binding(pk, "verifier")); err != nil {
+			return nil, fmt.Errorf("%w: state verifier: %v", ErrCorrupt, err)
+		}
+	}
+	return st, nil
+}
