@@ -158,4 +158,3 @@ func timeOrZero(sec int64) time.Time {
 	}
 	return time.Unix(sec, 0).UTC()
 }
-

@@ -54,7 +54,9 @@ func newStore(t testing.TB) (*store.Store, *dynamodb.Client) {
 	if err := localaws.CreateTable(ctx, db, filepath.Join("..", "..", "template.yaml"), name); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(name)}) })
+	t.Cleanup(func() {
+		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(name)})
+	})
 	return &store.Store{DB: db, Table: name, Ring: testRing(t), Shards: 3}, db
 }
 
