@@ -1,0 +1,166 @@
+package emulator
+
+import (
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// SinaCloud emulates the SAE OpenAPI authorization server: the authorize
+// redirect and one token endpoint for codes and refreshes. Refresh tokens
+// are single-use; a second use is refused and counted in RefreshReuses,
+// because at SinaCloud it means the connection is lost.
+type SinaCloud struct {
+	core
+	ClientID, Secret string
+	// RedirectURI is the one registered for the client (SinaCloud's
+	// authorize request carries none).
+	RedirectURI string
+	AccessTTL   time.Duration
+
+	codes   map[string]time.Time
+	refresh map[string]*sinaRefresh
+	access  map[string]time.Time
+	reuses  int
+	grants  int
+}
+
+type sinaRefresh struct {
+	expires time.Time
+	used    bool
+}
+
+// NewSinaCloud returns an emulator for one client.
+func NewSinaCloud(clientID, secret, redirectURI string) *SinaCloud {
+	return &SinaCloud{core: newCore(), ClientID: clientID, Secret: secret, RedirectURI: redirectURI,
+		AccessTTL: 604800 * time.Second, codes: map[string]time.Time{}, refresh: map[string]*sinaRefresh{}, access: map[string]time.Time{}}
+}
+
+func (e *SinaCloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.serve(w, r, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/oauth2/authorize":
+			e.authorize(w, r)
+		case "/oauth2/access_token":
+			e.token(w, r)
+		case "/account/appinfo":
+			e.api(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// RefreshReuses counts refresh tokens presented a second time.
+func (e *SinaCloud) RefreshReuses() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.reuses
+}
+
+// ValidAccess reports whether an access token works now.
+func (e *SinaCloud) ValidAccess(tok string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exp, ok := e.access[tok]
+	return ok && now.Before(exp)
+}
+
+// RefreshCalls is the number of refresh_token grants answered.
+func (e *SinaCloud) RefreshCalls() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.grants
+}
+
+func sinaError(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, map[string]any{"error": code, "error_description": desc})
+}
+
+func (e *SinaCloud) authorize(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("response_type") != "code" || q.Get("client_id") != e.ClientID {
+		page(w, http.StatusBadRequest, "unauthorized_client")
+		return
+	}
+	redirect, err := url.Parse(e.RedirectURI)
+	if err != nil || redirect.Host == "" {
+		page(w, http.StatusBadRequest, "no redirect uri registered")
+		return
+	}
+	code := randomToken("SC", 16)
+	now := e.clock()
+	e.mu.Lock()
+	e.codes[code] = now.Add(10 * time.Minute)
+	e.mu.Unlock()
+	rq := redirect.Query()
+	rq.Set("code", code)
+	rq.Set("state", q.Get("state"))
+	redirect.RawQuery = rq.Encode()
+	http.Redirect(w, r, redirect.String(), http.StatusFound)
+}
+
+func (e *SinaCloud) grant(now time.Time) map[string]any {
+	access, refresh := randomToken("SCA", 20), randomToken("SCR", 20)
+	e.access[access] = now.Add(e.AccessTTL)
+	e.refresh[refresh] = &sinaRefresh{expires: now.Add(e.AccessTTL + 24*time.Hour)}
+	return map[string]any{"access_token": access, "expires_in": int(e.AccessTTL.Seconds()),
+		"token_type": "Bearer", "scope": nil, "refresh_token": refresh}
+}
+
+func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		sinaError(w, http.StatusMethodNotAllowed, "invalid_request", "POST required")
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 8192)
+	if err := r.ParseForm(); err != nil {
+		sinaError(w, http.StatusBadRequest, "invalid_request", "malformed form")
+		return
+	}
+	f := r.PostForm
+	if f.Get("client_id") != e.ClientID || f.Get("client_secret") != e.Secret {
+		sinaError(w, http.StatusUnauthorized, "unauthorized_client", "The client credentials are invalid")
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch f.Get("grant_type") {
+	case "authorization_code":
+		exp, ok := e.codes[f.Get("code")]
+		delete(e.codes, f.Get("code"))
+		if !ok || !now.Before(exp) {
+			sinaError(w, http.StatusBadRequest, "invalid_grant", "Authorization code doesn't exist or is invalid for the client")
+			return
+		}
+		writeJSON(w, http.StatusOK, e.grant(now))
+	case "refresh_token":
+		rt, ok := e.refresh[f.Get("refresh_token")]
+		switch {
+		case !ok:
+			sinaError(w, http.StatusBadRequest, "invalid_grant", "Invalid refresh token")
+		case rt.used:
+			e.reuses++
+			sinaError(w, http.StatusBadRequest, "invalid_grant", "Refresh token has already been used")
+		case !now.Before(rt.expires):
+			sinaError(w, http.StatusBadRequest, "invalid_grant", "Refresh token has expired")
+		default:
+			rt.used = true
+			e.grants++
+			writeJSON(w, http.StatusOK, e.grant(now))
+		}
+	default:
+		sinaError(w, http.StatusBadRequest, "unsupported_grant_type", "grant type not supported")
+	}
+}
+
+func (e *SinaCloud) api(w http.ResponseWriter, r *http.Request) {
+	tok := r.Header.Get("Authorization")
+	if len(tok) < 7 || !e.ValidAccess(tok[7:]) {
+		sinaError(w, http.StatusUnauthorized, "invalid_token", "The access token provided is invalid")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}

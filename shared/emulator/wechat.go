@@ -1,0 +1,362 @@
+package emulator
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// WeChat emulates the official account's global token (cgi-bin/token,
+// cgi-bin/stable_token) and web authorization (connect/oauth2/authorize,
+// sns/oauth2/access_token, sns/oauth2/refresh_token) for one app.
+type WeChat struct {
+	core
+	AppID, Secret string
+	// DailyQuota caps cgi-bin/token calls per day (2000 at WeChat).
+	DailyQuota int
+	// TokenLength is the length of issued global tokens (WeChat's reach 512).
+	TokenLength int
+
+	globalIssued int
+	// valid global tokens and when each stops working
+	global        map[string]time.Time
+	current       string
+	forcedToday   int
+	lastForced    time.Time
+	codes         map[string]*wechatCode
+	refresh       map[string]*wechatGrant
+	userTokens    map[string]time.Time
+	users         int
+	quotaDay      string
+	quotaUsed     int
+	tokenAPICalls int
+}
+
+type wechatCode struct {
+	openid, scope string
+	expires       time.Time
+	used          bool
+}
+
+type wechatGrant struct {
+	openid, scope string
+	expires       time.Time
+}
+
+// Documented lifetimes.
+const (
+	WeChatTokenTTL    = 7200 * time.Second
+	WeChatOverlap     = 5 * time.Minute
+	WeChatCodeTTL     = 5 * time.Minute
+	WeChatRefreshTTL  = 30 * 24 * time.Hour
+	weChatForceMinGap = 30 * time.Second
+)
+
+// NewWeChat returns an emulator for one app.
+func NewWeChat(appID, secret string) *WeChat {
+	return &WeChat{core: newCore(), AppID: appID, Secret: secret, DailyQuota: 2000, TokenLength: 512,
+		global: map[string]time.Time{}, codes: map[string]*wechatCode{}, refresh: map[string]*wechatGrant{}, userTokens: map[string]time.Time{}}
+}
+
+func (e *WeChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.serve(w, r, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/cgi-bin/token":
+			e.token(w, r)
+		case "/cgi-bin/stable_token":
+			e.stableToken(w, r)
+		case "/cgi-bin/getcallbackip":
+			e.checkGlobal(w, r)
+		case "/connect/oauth2/authorize":
+			e.authorize(w, r)
+		case "/sns/oauth2/access_token":
+			e.exchange(w, r)
+		case "/sns/oauth2/refresh_token":
+			e.refreshToken(w, r)
+		case "/sns/auth":
+			e.checkUser(w, r)
+		default:
+			errcode(w, 40066, "invalid url")
+		}
+	})
+}
+
+func errcode(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, http.StatusOK, map[string]any{"errcode": code, "errmsg": msg})
+}
+
+// GlobalTokenCalls is how many global tokens were issued (token or stable_token).
+func (e *WeChat) GlobalTokenCalls() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.globalIssued
+}
+
+// ValidGlobal reports whether a global token works now.
+func (e *WeChat) ValidGlobal(token string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exp, ok := e.global[token]
+	return ok && now.Before(exp)
+}
+
+// ValidUserToken reports whether a web-authorization access token works now.
+func (e *WeChat) ValidUserToken(token string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exp, ok := e.userTokens[token]
+	return ok && now.Before(exp)
+}
+
+// issueGlobal makes a new global token; the previous one keeps working for
+// five more minutes (or until its own expiry, whichever is first).
+func (e *WeChat) issueGlobal(now time.Time) string {
+	if e.current != "" {
+		if exp := e.global[e.current]; now.Add(WeChatOverlap).Before(exp) {
+			e.global[e.current] = now.Add(WeChatOverlap)
+		}
+	}
+	n := e.TokenLength
+	tok := randomToken("WXG", n)[:n]
+	e.global[tok] = now.Add(WeChatTokenTTL)
+	e.current = tok
+	e.globalIssued++
+	return tok
+}
+
+func (e *WeChat) checkApp(appid, secret string) (int, string) {
+	switch {
+	case appid == "":
+		return 41002, "appid missing"
+	case appid != e.AppID:
+		return 40013, "invalid appid"
+	case secret == "":
+		return 41004, "appsecret missing"
+	case secret != e.Secret:
+		return 40001, "invalid credential, access_token is invalid or not latest"
+	}
+	return 0, ""
+}
+
+func (e *WeChat) token(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if r.Method != http.MethodGet {
+		errcode(w, 43001, "require GET method")
+		return
+	}
+	if q.Get("grant_type") != "client_credential" {
+		errcode(w, 40002, "invalid grant_type")
+		return
+	}
+	if code, msg := e.checkApp(q.Get("appid"), q.Get("secret")); code != 0 {
+		errcode(w, code, msg)
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	day := now.UTC().Format("2006-01-02")
+	if day != e.quotaDay {
+		e.quotaDay, e.quotaUsed = day, 0
+	}
+	if e.quotaUsed >= e.DailyQuota {
+		e.mu.Unlock()
+		errcode(w, 45009, "reach max api daily quota limit")
+		return
+	}
+	e.quotaUsed++
+	tok := e.issueGlobal(now)
+	e.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok, "expires_in": int(WeChatTokenTTL.Seconds())})
+}
+
+// stableToken returns the current token unchanged while it is valid; only
+// force_refresh (20 a day, 30 s apart) replaces it early.
+func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		errcode(w, 43002, "require POST method")
+		return
+	}
+	var body struct {
+		GrantType    string `json:"grant_type"`
+		AppID        string `json:"appid"`
+		Secret       string `json:"secret"`
+		ForceRefresh bool   `json:"force_refresh"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body); err != nil {
+		errcode(w, 47001, "data format error")
+		return
+	}
+	if body.GrantType != "client_credential" {
+		errcode(w, 40002, "invalid grant_type")
+		return
+	}
+	if code, msg := e.checkApp(body.AppID, body.Secret); code != 0 {
+		errcode(w, code, msg)
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exp, valid := e.global[e.current]
+	valid = valid && now.Before(exp)
+	if body.ForceRefresh {
+		if e.forcedToday >= 20 || now.Sub(e.lastForced) < weChatForceMinGap {
+			errcode(w, 45009, "reach max api daily quota limit")
+			return
+		}
+		e.forcedToday++
+		e.lastForced = now
+		valid = false
+	}
+	if !valid {
+		e.issueGlobal(now)
+		exp = e.global[e.current]
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"access_token": e.current, "expires_in": int(exp.Sub(now).Seconds())})
+}
+
+func (e *WeChat) checkGlobal(w http.ResponseWriter, r *http.Request) {
+	if !e.ValidGlobal(r.URL.Query().Get("access_token")) {
+		errcode(w, 40001, "invalid credential, access_token is invalid or not latest")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ip_list": []string{"127.0.0.1"}})
+}
+
+// authorize stands in for the user consenting: WeChat demands exactly the
+// order appid, redirect_uri, response_type, scope, state, and the
+// #wechat_redirect fragment (which a browser never sends, so it is not
+// checked here; the client test compares the URL byte for byte).
+func (e *WeChat) authorize(w http.ResponseWriter, r *http.Request) {
+	raw := r.URL.RawQuery
+	var names []string
+	for _, part := range strings.Split(raw, "&") {
+		name, _, _ := strings.Cut(part, "=")
+		names = append(names, name)
+	}
+	if strings.Join(names, ",") != "appid,redirect_uri,response_type,scope,state" {
+		page(w, http.StatusBadRequest, "参数错误 (parameters must be appid, redirect_uri, response_type, scope, state in this order)")
+		return
+	}
+	q := r.URL.Query()
+	if q.Get("appid") != e.AppID {
+		page(w, http.StatusBadRequest, "appid 错误")
+		return
+	}
+	scope := q.Get("scope")
+	if q.Get("response_type") != "code" || (scope != "snsapi_base" && scope != "snsapi_userinfo") {
+		page(w, http.StatusBadRequest, "scope 参数错误或没有 scope 权限")
+		return
+	}
+	redirect, err := url.Parse(q.Get("redirect_uri"))
+	if err != nil || redirect.Host == "" {
+		page(w, http.StatusBadRequest, "redirect_uri 参数错误")
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	e.users++
+	openid := fmt.Sprintf("oEMU%024d", e.users)
+	code := randomToken("WXC", 16)
+	e.codes[code] = &wechatCode{openid: openid, scope: scope, expires: now.Add(WeChatCodeTTL)}
+	e.mu.Unlock()
+	rq := redirect.Query()
+	rq.Set("code", code)
+	rq.Set("state", q.Get("state"))
+	redirect.RawQuery = rq.Encode()
+	http.Redirect(w, r, redirect.String(), http.StatusFound)
+}
+
+func (e *WeChat) userGrant(now time.Time, openid, scope string, refresh string) map[string]any {
+	access := randomToken("WXU", 24)
+	e.userTokens[access] = now.Add(WeChatTokenTTL)
+	if refresh == "" {
+		refresh = randomToken("WXR", 24)
+		e.refresh[refresh] = &wechatGrant{openid: openid, scope: scope, expires: now.Add(WeChatRefreshTTL)}
+	}
+	out := map[string]any{"access_token": access, "expires_in": int(WeChatTokenTTL.Seconds()),
+		"refresh_token": refresh, "openid": openid, "scope": scope}
+	if scope == "snsapi_userinfo" {
+		out["unionid"] = "uEMU" + openid[4:]
+	}
+	return out
+}
+
+func (e *WeChat) exchange(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("grant_type") != "authorization_code" {
+		errcode(w, 40002, "invalid grant_type")
+		return
+	}
+	if q.Get("appid") != e.AppID {
+		errcode(w, 40013, "invalid appid")
+		return
+	}
+	if q.Get("secret") != e.Secret {
+		errcode(w, 40125, "invalid appsecret")
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.codes[q.Get("code")]
+	switch {
+	case !ok:
+		errcode(w, 40029, "invalid code")
+	case c.used:
+		errcode(w, 40163, "code been used")
+	case !now.Before(c.expires):
+		errcode(w, 42003, "code expired")
+	default:
+		c.used = true
+		writeJSON(w, http.StatusOK, e.userGrant(now, c.openid, c.scope, ""))
+	}
+}
+
+// refreshToken renews the access token; the refresh token stays the same
+// and keeps its 30-day life from the original grant. No secret is sent.
+func (e *WeChat) refreshToken(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("grant_type") != "refresh_token" {
+		errcode(w, 40002, "invalid grant_type")
+		return
+	}
+	if q.Get("appid") != e.AppID {
+		errcode(w, 40013, "invalid appid")
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rt := q.Get("refresh_token")
+	g, ok := e.refresh[rt]
+	switch {
+	case !ok:
+		errcode(w, 40030, "invalid refresh_token")
+	case !now.Before(g.expires):
+		errcode(w, 42002, "refresh_token timeout")
+	default:
+		writeJSON(w, http.StatusOK, e.userGrant(now, g.openid, g.scope, rt))
+	}
+}
+
+// RevokeUser makes a refresh token invalid, as a user changing their
+// password does (42007 on next use... reported as 40030 here).
+func (e *WeChat) RevokeUser(refreshToken string) {
+	e.mu.Lock()
+	delete(e.refresh, refreshToken)
+	e.mu.Unlock()
+}
+
+func (e *WeChat) checkUser(w http.ResponseWriter, r *http.Request) {
+	if !e.ValidUserToken(r.URL.Query().Get("access_token")) {
+		errcode(w, 40001, "invalid credential")
+		return
+	}
+	errcode(w, 0, "ok")
+}

@@ -1,0 +1,256 @@
+package provider
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// Kinds of provider.
+const (
+	KindWeChatMP    = "wechat_mp"
+	KindWeChatOAuth = "wechat_oauth"
+	KindSinaCloud   = "sinacloud"
+	KindOAuth2      = "oauth2"
+)
+
+// Grants of the generic kind.
+const (
+	GrantAuthorizationCode = "authorization_code"
+	GrantClientCredentials = "client_credentials"
+)
+
+// Config is a provider's JSON document from SSM, after presets and kind
+// defaults are applied. Every field may be overridden.
+type Config struct {
+	// Name is the provider's path segment; not part of the JSON.
+	Name string `json:"-"`
+
+	Kind               string            `json:"kind"`
+	Preset             string            `json:"preset,omitempty"`
+	ClientID           string            `json:"client_id"`
+	AuthorizeURL       string            `json:"authorize_url,omitempty"`
+	TokenURL           string            `json:"token_url,omitempty"`
+	RevokeURL          string            `json:"revoke_url,omitempty"`
+	APIBase            string            `json:"api_base,omitempty"`
+	Scopes             []string          `json:"scopes,omitempty"`
+	AuthStyle          string            `json:"auth_style,omitempty"`
+	PKCE               *bool             `json:"pkce,omitempty"`
+	Grant              string            `json:"grant,omitempty"`
+	AuthorizeParams    map[string]string `json:"authorize_params,omitempty"`
+	TokenAPI           string            `json:"token_api,omitempty"`
+	RefreshLeadSeconds int               `json:"refresh_lead_seconds,omitempty"`
+	RedirectURI        string            `json:"redirect_uri,omitempty"`
+	DailyQuotaBudget   int               `json:"daily_quota_budget,omitempty"`
+}
+
+// preset fills endpoints of a well-known provider; the document overrides it.
+type preset struct {
+	authorizeURL, tokenURL, revokeURL string
+	authStyle                         string
+	pkce                              bool
+	authorizeParams                   map[string]string
+	scopes                            []string
+}
+
+var presets = map[string]preset{
+	"github": {
+		authorizeURL: "https://github.com/login/oauth/authorize",
+		tokenURL:     "https://github.com/login/oauth/access_token",
+		authStyle:    "post", pkce: true,
+	},
+	"google": {
+		authorizeURL: "https://accounts.google.com/o/oauth2/v2/auth",
+		tokenURL:     "https://oauth2.googleapis.com/token",
+		revokeURL:    "https://oauth2.googleapis.com/revoke",
+		authStyle:    "post", pkce: true,
+		// Google issues a refresh token only with offline access, and again
+		// only when the user is asked to consent.
+		authorizeParams: map[string]string{"access_type": "offline", "prompt": "consent"},
+		scopes:          []string{"openid", "email"},
+	},
+	"gitlab": {
+		authorizeURL: "https://gitlab.com/oauth/authorize",
+		tokenURL:     "https://gitlab.com/oauth/token",
+		revokeURL:    "https://gitlab.com/oauth/revoke",
+		authStyle:    "basic", pkce: true,
+	},
+}
+
+// Preset names, sorted.
+func Presets() []string {
+	names := make([]string, 0, len(presets))
+	for n := range presets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+const (
+	defaultWeChatAPI       = "https://api.weixin.qq.com"
+	defaultWeChatAuthorize = "https://open.weixin.qq.com/connect/oauth2/authorize"
+	defaultSinaCloudAPI    = "https://api.sinacloud.com"
+)
+
+// ParseConfig decodes a provider document strictly (unknown fields are an
+// error, so a typo cannot silently fall back to a default), applies the
+// preset and kind defaults, and validates the result.
+func ParseConfig(name string, doc []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("provider JSON: %w", err)
+	}
+	if dec.More() {
+		return Config{}, fmt.Errorf("provider JSON: trailing data after the object")
+	}
+	c.Name = name
+	if err := c.applyDefaults(); err != nil {
+		return Config{}, err
+	}
+	return c, c.Validate()
+}
+
+func (c *Config) applyDefaults() error {
+	if c.Preset != "" {
+		p, ok := presets[c.Preset]
+		if !ok {
+			return fmt.Errorf("unknown preset %q (known: %s)", c.Preset, strings.Join(Presets(), ", "))
+		}
+		if c.Kind == "" {
+			c.Kind = KindOAuth2
+		}
+		setDefault(&c.AuthorizeURL, p.authorizeURL)
+		setDefault(&c.TokenURL, p.tokenURL)
+		setDefault(&c.RevokeURL, p.revokeURL)
+		setDefault(&c.AuthStyle, p.authStyle)
+		if c.PKCE == nil {
+			c.PKCE = &p.pkce
+		}
+		if c.AuthorizeParams == nil && p.authorizeParams != nil {
+			c.AuthorizeParams = p.authorizeParams
+		}
+		if c.Scopes == nil {
+			c.Scopes = p.scopes
+		}
+	}
+	switch c.Kind {
+	case KindWeChatMP:
+		setDefault(&c.APIBase, defaultWeChatAPI)
+		setDefault(&c.TokenAPI, "stable_token")
+		if c.RefreshLeadSeconds == 0 {
+			c.RefreshLeadSeconds = 600
+		}
+		if c.DailyQuotaBudget == 0 {
+			c.DailyQuotaBudget = 1500
+		}
+	case KindWeChatOAuth:
+		setDefault(&c.APIBase, defaultWeChatAPI)
+		setDefault(&c.AuthorizeURL, defaultWeChatAuthorize)
+		if c.Scopes == nil {
+			c.Scopes = []string{"snsapi_base"}
+		}
+	case KindSinaCloud:
+		setDefault(&c.APIBase, defaultSinaCloudAPI)
+		setDefault(&c.AuthorizeURL, strings.TrimRight(c.APIBase, "/")+"/oauth2/authorize")
+		setDefault(&c.TokenURL, strings.TrimRight(c.APIBase, "/")+"/oauth2/access_token")
+		setDefault(&c.AuthStyle, "post")
+	case KindOAuth2:
+		setDefault(&c.Grant, GrantAuthorizationCode)
+		setDefault(&c.AuthStyle, "basic")
+		if c.PKCE == nil {
+			t := true
+			c.PKCE = &t
+		}
+	}
+	return nil
+}
+
+func setDefault(field *string, value string) {
+	if *field == "" {
+		*field = value
+	}
+}
+
+// Validate checks that the config is complete and coherent for its kind.
+func (c Config) Validate() error {
+	if c.ClientID == "" {
+		return fmt.Errorf("client_id is required")
+	}
+	if len(c.ClientID) > 256 {
+		return fmt.Errorf("client_id is longer than 256 characters")
+	}
+	checkURL := func(field, v string, required bool) error {
+		if v == "" {
+			if required {
+				return fmt.Errorf("%s is required for kind %s", field, c.Kind)
+			}
+			return nil
+		}
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("%s %q is not an absolute http(s) URL", field, v)
+		}
+		return nil
+	}
+	if c.RefreshLeadSeconds < 0 || c.DailyQuotaBudget < 0 {
+		return fmt.Errorf("refresh_lead_seconds and daily_quota_budget must not be negative")
+	}
+	if err := checkURL("redirect_uri", c.RedirectURI, false); err != nil {
+		return err
+	}
+	if err := checkURL("revoke_url", c.RevokeURL, false); err != nil {
+		return err
+	}
+	switch c.Kind {
+	case KindWeChatMP:
+		if c.TokenAPI != "token" && c.TokenAPI != "stable_token" {
+			return fmt.Errorf("token_api must be \"token\" or \"stable_token\", not %q", c.TokenAPI)
+		}
+		if c.DailyQuotaBudget > 2000 {
+			return fmt.Errorf("daily_quota_budget %d exceeds WeChat's 2000 calls a day", c.DailyQuotaBudget)
+		}
+		return checkURL("api_base", c.APIBase, true)
+	case KindWeChatOAuth:
+		for _, s := range c.Scopes {
+			if s != "snsapi_base" && s != "snsapi_userinfo" {
+				return fmt.Errorf("wechat_oauth scope %q must be snsapi_base or snsapi_userinfo", s)
+			}
+		}
+		if err := checkURL("authorize_url", c.AuthorizeURL, true); err != nil {
+			return err
+		}
+		return checkURL("api_base", c.APIBase, true)
+	case KindSinaCloud, KindOAuth2:
+		if c.AuthStyle != "basic" && c.AuthStyle != "post" {
+			return fmt.Errorf("auth_style must be \"basic\" or \"post\", not %q", c.AuthStyle)
+		}
+		if c.Kind == KindOAuth2 && c.Grant != GrantAuthorizationCode && c.Grant != GrantClientCredentials {
+			return fmt.Errorf("grant must be %q or %q, not %q", GrantAuthorizationCode, GrantClientCredentials, c.Grant)
+		}
+		if err := checkURL("token_url", c.TokenURL, true); err != nil {
+			return err
+		}
+		return checkURL("authorize_url", c.AuthorizeURL, c.Grant != GrantClientCredentials)
+	case "":
+		return fmt.Errorf("kind is required (wechat_mp, wechat_oauth, sinacloud, oauth2) unless a preset supplies it")
+	default:
+		return fmt.Errorf("unknown kind %q (wechat_mp, wechat_oauth, sinacloud, oauth2)", c.Kind)
+	}
+}
+
+// Machine reports whether the provider issues app tokens with no user (the
+// single "app" connection).
+func (c Config) Machine() bool {
+	return c.Kind == KindWeChatMP || (c.Kind == KindOAuth2 && c.Grant == GrantClientCredentials)
+}
+
+// UsesPKCE reports whether authorizations carry a PKCE S256 challenge.
+func (c Config) UsesPKCE() bool {
+	return c.Kind == KindOAuth2 && c.PKCE != nil && *c.PKCE
+}

@@ -1,0 +1,127 @@
+package provider
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Class says what a failure means for the connection.
+type Class int
+
+// Classes of failure.
+const (
+	// ClassTransient: keep the current tokens and try again later.
+	ClassTransient Class = iota
+	// ClassReauth: the grant is gone (revoked, expired, code used); only a
+	// new authorization by the user restores the connection.
+	ClassReauth
+	// ClassConfig: the app's own settings are wrong (bad secret, client id,
+	// IP allowlist); every connection of the provider fails until an
+	// operator fixes them, and no user action helps.
+	ClassConfig
+)
+
+func (c Class) String() string {
+	switch c {
+	case ClassReauth:
+		return "reauth"
+	case ClassConfig:
+		return "config"
+	default:
+		return "transient"
+	}
+}
+
+// Error is a failure of a call to a provider. Code and Message are the
+// provider's own (for example "40029" / "invalid code", or "invalid_grant")
+// or, for transport failures, one of "timeout", "network", "http_<status>",
+// "bad_response", "too_large". No token or secret is ever part of it.
+type Error struct {
+	Provider   string
+	Op         string
+	Code       string
+	Message    string
+	HTTPStatus int
+	Class      Class
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = "no description"
+	}
+	return fmt.Sprintf("provider: %s %s: %s: %s", e.Provider, e.Op, e.Code, msg)
+}
+
+// Permanent reports whether retrying cannot help without someone acting.
+func (e *Error) Permanent() bool { return e.Class != ClassTransient }
+
+// ClassOf returns the class of err: the *Error's, or transient for anything
+// else (a context cancellation, say).
+func ClassOf(err error) Class {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return pe.Class
+	}
+	return ClassTransient
+}
+
+// ErrNotSupported is returned by operations a provider does not offer
+// (revoke without a revoke endpoint, refresh of a machine token).
+var ErrNotSupported = errors.New("provider: operation not supported")
+
+// rfc6749Classes classifies the error codes of RFC 6749 §5.2 and §4.1.2.1
+// (and RFC 7009 for revocation). Codes not listed are transient: wrongly
+// retrying costs a little quota, wrongly dropping a grant loses a user.
+var rfc6749Classes = map[string]Class{
+	"invalid_grant":             ClassReauth,
+	"invalid_scope":             ClassReauth,
+	"access_denied":             ClassReauth,
+	"invalid_client":            ClassConfig,
+	"unauthorized_client":       ClassConfig,
+	"unsupported_grant_type":    ClassConfig,
+	"invalid_request":           ClassConfig,
+	"unsupported_response_type": ClassConfig,
+	"unsupported_token_type":    ClassConfig,
+	"server_error":              ClassTransient,
+	"temporarily_unavailable":   ClassTransient,
+	"slow_down":                 ClassTransient,
+}
+
+// wechatClasses classifies WeChat errcodes from the official account and
+// web authorization documents.
+var wechatClasses = map[int]Class{
+	-1:    ClassTransient, // system busy; a code may already be spent
+	40029: ClassReauth,    // invalid code
+	40163: ClassReauth,    // code already used
+	42003: ClassReauth,    // code expired
+	40030: ClassReauth,    // invalid refresh_token
+	42002: ClassReauth,    // refresh_token expired
+	42007: ClassReauth,    // user changed password: grant revoked
+	40001: ClassConfig,    // invalid credential / AppSecret
+	40125: ClassConfig,    // invalid AppSecret
+	40013: ClassConfig,    // invalid AppID
+	40002: ClassConfig,    // invalid grant_type
+	40164: ClassConfig,    // caller IP not in the allowlist
+	41002: ClassConfig,    // appid missing
+	41004: ClassConfig,    // secret missing
+	45009: ClassTransient, // daily API quota reached
+	45011: ClassTransient, // API frequency limit
+}
+
+// Ambiguous reports whether a failed call may still have taken effect at
+// the provider (a timeout, a 5xx, WeChat's -1). A code exchange that failed
+// this way must not be retried: the code may be spent.
+func Ambiguous(err error) bool {
+	var pe *Error
+	if !errors.As(err, &pe) {
+		return true
+	}
+	switch {
+	case pe.Code == "timeout" || pe.Code == "network" || pe.Code == "bad_response" || pe.Code == "too_large" || pe.Code == "-1":
+		return true
+	case pe.HTTPStatus >= 500:
+		return true
+	}
+	return false
+}

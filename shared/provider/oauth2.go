@@ -1,0 +1,285 @@
+package provider
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// oauth2Client speaks RFC 6749 to token endpoints: the generic kind and
+// SinaCloud, which is RFC 6749 with single-use refresh tokens. The token
+// request is hand-built rather than left to golang.org/x/oauth2's Exchange
+// because the broker needs the HTTP status, the raw error code and the
+// body cap to classify every failure; x/oauth2 still builds the PKCE pair
+// and the generic authorize URL.
+type oauth2Client struct{ base }
+
+// SinaCloudRefreshGrace is how much longer a SinaCloud refresh token lives
+// than its access token.
+const SinaCloudRefreshGrace = 24 * time.Hour
+
+// NewVerifier returns a fresh PKCE code verifier (RFC 7636, 32 random bytes).
+func NewVerifier() string { return oauth2.GenerateVerifier() }
+
+// S256Challenge derives the S256 code challenge of a verifier.
+func S256Challenge(verifier string) string { return oauth2.S256ChallengeFromVerifier(verifier) }
+
+func (o *oauth2Client) AuthorizeURL(ar AuthorizeRequest) (string, error) {
+	if o.cfg.Kind == KindOAuth2 && o.cfg.Grant == GrantClientCredentials {
+		return "", ErrNotSupported
+	}
+	if o.cfg.Kind == KindSinaCloud {
+		// SinaCloud's documented form: exactly these parameters.
+		q := url.Values{"response_type": {"code"}, "client_id": {o.cfg.ClientID}, "state": {ar.State}}
+		return withQuery(o.cfg.AuthorizeURL, q), nil
+	}
+	scopes := ar.Scopes
+	if len(scopes) == 0 {
+		scopes = o.cfg.Scopes
+	}
+	conf := oauth2.Config{ClientID: o.cfg.ClientID, Endpoint: oauth2.Endpoint{AuthURL: o.cfg.AuthorizeURL}, RedirectURL: ar.RedirectURI, Scopes: scopes}
+	opts := make([]oauth2.AuthCodeOption, 0, len(o.cfg.AuthorizeParams)+2)
+	for k, v := range o.cfg.AuthorizeParams {
+		opts = append(opts, oauth2.SetAuthURLParam(k, v))
+	}
+	if ar.CodeChallenge != "" {
+		opts = append(opts, oauth2.SetAuthURLParam("code_challenge", ar.CodeChallenge), oauth2.SetAuthURLParam("code_challenge_method", "S256"))
+	}
+	return conf.AuthCodeURL(ar.State, opts...), nil
+}
+
+func withQuery(base string, q url.Values) string {
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	return base + sep + q.Encode()
+}
+
+func (o *oauth2Client) Exchange(ctx context.Context, code, redirectURI, verifier string) (*TokenSet, error) {
+	if o.cfg.Kind == KindOAuth2 && o.cfg.Grant == GrantClientCredentials {
+		return nil, ErrNotSupported
+	}
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}}
+	if o.cfg.Kind == KindOAuth2 {
+		// RFC 6749 §4.1.3: redirect_uri is required when the authorization
+		// request carried it, which ours always does for this kind.
+		if redirectURI != "" {
+			form.Set("redirect_uri", redirectURI)
+		}
+		if verifier != "" {
+			form.Set("code_verifier", verifier)
+		}
+	}
+	ts, err := o.token(ctx, "exchange", form)
+	return ts, scrub(err, code, verifier)
+}
+
+func (o *oauth2Client) Refresh(ctx context.Context, refreshToken string) (*TokenSet, error) {
+	if o.cfg.Kind == KindOAuth2 && o.cfg.Grant == GrantClientCredentials {
+		return nil, ErrNotSupported
+	}
+	ts, err := o.token(ctx, "refresh", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}})
+	return ts, scrub(err, refreshToken)
+}
+
+func (o *oauth2Client) MachineToken(ctx context.Context) (*TokenSet, error) {
+	if o.cfg.Kind != KindOAuth2 || o.cfg.Grant != GrantClientCredentials {
+		return nil, ErrNotSupported
+	}
+	form := url.Values{"grant_type": {"client_credentials"}}
+	if len(o.cfg.Scopes) > 0 {
+		form.Set("scope", strings.Join(o.cfg.Scopes, " "))
+	}
+	return o.token(ctx, "token", form)
+}
+
+// post sends a form to an endpoint with client authentication:
+// client_secret_basic (RFC 6749 §2.3.1: both parts form-encoded before
+// base64) or client_secret_post.
+func (o *oauth2Client) post(ctx context.Context, op, endpoint string, form url.Values) (*response, error) {
+	if o.cfg.AuthStyle != "basic" {
+		form.Set("client_id", o.cfg.ClientID)
+		form.Set("client_secret", o.secret)
+	}
+	req, err := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, o.fail(op, "config", "cannot build request: endpoint is not a URL", 0, ClassConfig)
+	}
+	if o.cfg.AuthStyle == "basic" {
+		cred := url.QueryEscape(o.cfg.ClientID) + ":" + url.QueryEscape(o.secret)
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return o.do(ctx, op, req)
+}
+
+func (o *oauth2Client) token(ctx context.Context, op string, form url.Values) (*TokenSet, error) {
+	r, err := o.post(ctx, op, o.cfg.TokenURL, form)
+	if err != nil {
+		return nil, err
+	}
+	return o.parseToken(op, r)
+}
+
+// parseToken reads an RFC 6749 §5.1 answer, JSON or form-encoded (GitHub
+// without Accept), and §5.2 errors, including those sent with HTTP 200.
+func (o *oauth2Client) parseToken(op string, r *response) (*TokenSet, error) {
+	fields, perr := decodeTokenBody(r)
+	if perr != nil {
+		if r.status < 200 || r.status > 299 {
+			return nil, o.httpStatusError(op, r)
+		}
+		return nil, o.fail(op, "bad_response", perr.Error(), r.status, ClassTransient)
+	}
+	if code := fieldString(fields["error"]); code != "" {
+		class, known := rfc6749Classes[code]
+		if !known {
+			class = ClassTransient
+		}
+		if r.status >= 500 || r.status == http.StatusTooManyRequests {
+			class = ClassTransient
+		}
+		return nil, o.fail(op, code, fieldString(fields["error_description"]), r.status, class)
+	}
+	if r.status < 200 || r.status > 299 {
+		return nil, o.httpStatusError(op, r)
+	}
+	access := fieldString(fields["access_token"])
+	if access == "" {
+		return nil, o.fail(op, "bad_response", "no access_token in the response", r.status, ClassTransient)
+	}
+	secs, err := parseExpiresIn(fields["expires_in"])
+	if err != nil {
+		return nil, o.fail(op, "bad_response", err.Error(), r.status, ClassTransient)
+	}
+	now := o.now()
+	ts := &TokenSet{
+		AccessToken: access, RefreshToken: fieldString(fields["refresh_token"]),
+		TokenType: fieldString(fields["token_type"]), Scope: fieldString(fields["scope"]),
+	}
+	if ts.TokenType == "" || strings.EqualFold(ts.TokenType, "bearer") {
+		ts.TokenType = "Bearer"
+	}
+	if secs > 0 {
+		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
+		if o.cfg.Kind == KindSinaCloud && ts.RefreshToken != "" {
+			ts.RefreshExpiresAt = ts.ExpiresAt.Add(SinaCloudRefreshGrace)
+		}
+	}
+	if secs := fieldString(fields["refresh_token_expires_in"]); secs != "" {
+		if n, err := strconv.ParseInt(secs, 10, 64); err == nil && n > 0 {
+			ts.RefreshExpiresAt = now.Add(time.Duration(n) * time.Second)
+		}
+	}
+	for k, v := range fields {
+		switch k {
+		case "access_token", "refresh_token", "token_type", "scope", "expires_in", "refresh_token_expires_in", "id_token":
+			continue
+		}
+		if s := fieldString(v); s != "" && len(s) <= 256 && len(k) <= 64 {
+			if ts.Extra == nil {
+				ts.Extra = map[string]string{}
+			}
+			if len(ts.Extra) < 16 {
+				ts.Extra[k] = s
+			}
+		}
+	}
+	return ts, nil
+}
+
+// decodeTokenBody returns the top-level fields of a JSON object or a
+// form-encoded body, as raw JSON values.
+func decodeTokenBody(r *response) (map[string]json.RawMessage, error) {
+	mt, _, _ := mime.ParseMediaType(r.contentType)
+	text := strings.TrimSpace(string(r.body))
+	if text == "" {
+		return nil, fmt.Errorf("empty response")
+	}
+	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" && !strings.HasPrefix(text, "{") {
+		q, err := url.ParseQuery(text)
+		if err != nil {
+			return nil, fmt.Errorf("form response: %v", err)
+		}
+		fields := make(map[string]json.RawMessage, len(q))
+		for k := range q {
+			raw, _ := json.Marshal(q.Get(k))
+			fields[k] = raw
+		}
+		return fields, nil
+	}
+	if strings.HasPrefix(text, "<") {
+		return nil, fmt.Errorf("HTML page instead of a token response")
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(r.body, &fields); err != nil {
+		return nil, fmt.Errorf("response is not a JSON object: %v", err)
+	}
+	return maps.Clone(fields), nil
+}
+
+// fieldString reads a JSON string, number or bool as text; null and
+// objects are empty.
+func fieldString(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	var b bool
+	if json.Unmarshal(raw, &b) == nil {
+		return strconv.FormatBool(b)
+	}
+	return ""
+}
+
+// parseExpiresIn accepts a number, a numeric string or nothing (0). A
+// negative or absurd value is a bad response, not a token that never expires.
+func parseExpiresIn(raw json.RawMessage) (int64, error) {
+	s := fieldString(raw)
+	if s == "" {
+		return 0, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 10*365*24*3600 {
+		return 0, fmt.Errorf("expires_in %.40q is not a valid number of seconds", s)
+	}
+	return int64(f), nil
+}
+
+// Revoke calls the RFC 7009 endpoint where the provider has one.
+func (o *oauth2Client) Revoke(ctx context.Context, token, hint string) error {
+	if o.cfg.RevokeURL == "" || token == "" {
+		return ErrNotSupported
+	}
+	form := url.Values{"token": {token}}
+	if hint != "" {
+		form.Set("token_type_hint", hint)
+	}
+	r, err := o.post(ctx, "revoke", o.cfg.RevokeURL, form)
+	if err != nil {
+		return scrub(err, token)
+	}
+	if r.status >= 200 && r.status <= 299 {
+		return nil
+	}
+	_, perr := o.parseToken("revoke", r)
+	return scrub(perr, token)
+}

@@ -1,0 +1,200 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// wechat serves both WeChat kinds: the official account's global token
+// (wechat_mp) and web authorization (wechat_oauth).
+type wechat struct{ base }
+
+// WeChatRefreshTokenLifetime is how long a web-authorization refresh token
+// lives from the code exchange.
+const WeChatRefreshTokenLifetime = 30 * 24 * time.Hour
+
+// wechatReply is every field WeChat's token endpoints may send. errcode 0 or
+// absent means success.
+type wechatReply struct {
+	ErrCode        *int            `json:"errcode"`
+	ErrMsg         string          `json:"errmsg"`
+	AccessToken    string          `json:"access_token"`
+	ExpiresIn      json.RawMessage `json:"expires_in"`
+	RefreshToken   string          `json:"refresh_token"`
+	OpenID         string          `json:"openid"`
+	Scope          string          `json:"scope"`
+	UnionID        string          `json:"unionid"`
+	IsSnapshotUser json.RawMessage `json:"is_snapshotuser"`
+}
+
+// parseWeChat turns a WeChat answer into a reply or a classified error.
+// WeChat reports errors with HTTP 200 and an errcode body.
+func (w *wechat) parse(op string, r *response) (*wechatReply, error) {
+	if r.status < 200 || r.status > 299 {
+		return nil, w.httpStatusError(op, r)
+	}
+	var reply wechatReply
+	if err := json.Unmarshal(r.body, &reply); err != nil {
+		msg := "response is not JSON: " + err.Error()
+		if strings.HasPrefix(strings.TrimSpace(string(r.body)), "<") {
+			msg = "HTML page instead of a JSON response"
+		}
+		return nil, w.fail(op, "bad_response", msg, r.status, ClassTransient)
+	}
+	if reply.ErrCode != nil && *reply.ErrCode != 0 {
+		class, known := wechatClasses[*reply.ErrCode]
+		if !known {
+			class = ClassTransient
+		}
+		return nil, w.fail(op, strconv.Itoa(*reply.ErrCode), reply.ErrMsg, r.status, class)
+	}
+	if reply.AccessToken == "" {
+		return nil, w.fail(op, "bad_response", "no access_token in the response", r.status, ClassTransient)
+	}
+	return &reply, nil
+}
+
+func (w *wechat) tokenSet(op string, reply *wechatReply) (*TokenSet, error) {
+	now := w.now()
+	secs, err := parseExpiresIn(reply.ExpiresIn)
+	if err != nil {
+		return nil, w.fail(op, "bad_response", err.Error(), 200, ClassTransient)
+	}
+	ts := &TokenSet{AccessToken: reply.AccessToken, RefreshToken: reply.RefreshToken, TokenType: "Bearer", Scope: reply.Scope}
+	if secs > 0 {
+		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
+	}
+	extra := map[string]string{}
+	if reply.OpenID != "" {
+		extra["openid"] = reply.OpenID
+	}
+	if reply.UnionID != "" {
+		extra["unionid"] = reply.UnionID
+	}
+	if v := strings.Trim(string(reply.IsSnapshotUser), `"`); v != "" && v != "null" {
+		extra["is_snapshotuser"] = v
+	}
+	if len(extra) > 0 {
+		ts.Extra = extra
+	}
+	return ts, nil
+}
+
+func (w *wechat) MachineToken(ctx context.Context) (*TokenSet, error) {
+	if w.cfg.Kind != KindWeChatMP {
+		return nil, ErrNotSupported
+	}
+	api := strings.TrimRight(w.cfg.APIBase, "/")
+	var req *http.Request
+	var err error
+	if w.cfg.TokenAPI == "token" {
+		q := url.Values{"grant_type": {"client_credential"}, "appid": {w.cfg.ClientID}, "secret": {w.secret}}
+		req, err = http.NewRequest(http.MethodGet, api+"/cgi-bin/token?"+q.Encode(), nil)
+	} else {
+		body, _ := json.Marshal(map[string]any{
+			"grant_type": "client_credential", "appid": w.cfg.ClientID, "secret": w.secret, "force_refresh": false,
+		})
+		req, err = http.NewRequest(http.MethodPost, api+"/cgi-bin/stable_token", bytes.NewReader(body))
+		if req != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+	}
+	if err != nil {
+		return nil, w.fail("token", "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
+	}
+	r, err := w.do(ctx, "token", req)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := w.parse("token", r)
+	if err != nil {
+		return nil, err
+	}
+	return w.tokenSet("token", reply)
+}
+
+// AuthorizeURL builds WeChat's URL with its required parameter order and
+// the #wechat_redirect fragment; url.Values would sort the parameters.
+func (w *wechat) AuthorizeURL(ar AuthorizeRequest) (string, error) {
+	if w.cfg.Kind != KindWeChatOAuth {
+		return "", ErrNotSupported
+	}
+	scopes := ar.Scopes
+	if len(scopes) == 0 {
+		scopes = w.cfg.Scopes
+	}
+	for _, s := range scopes {
+		if s != "snsapi_base" && s != "snsapi_userinfo" {
+			return "", fmt.Errorf("provider: %s: scope %q is not snsapi_base or snsapi_userinfo", w.cfg.Name, s)
+		}
+	}
+	return w.cfg.AuthorizeURL +
+		"?appid=" + url.QueryEscape(w.cfg.ClientID) +
+		"&redirect_uri=" + url.QueryEscape(ar.RedirectURI) +
+		"&response_type=code" +
+		"&scope=" + strings.Join(scopes, ",") +
+		"&state=" + url.QueryEscape(ar.State) +
+		"#wechat_redirect", nil
+}
+
+func (w *wechat) get(ctx context.Context, op, path string, q url.Values) (*wechatReply, error) {
+	req, err := http.NewRequest(http.MethodGet, strings.TrimRight(w.cfg.APIBase, "/")+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, w.fail(op, "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
+	}
+	r, err := w.do(ctx, op, req)
+	if err != nil {
+		return nil, err
+	}
+	return w.parse(op, r)
+}
+
+func (w *wechat) Exchange(ctx context.Context, code, _, _ string) (*TokenSet, error) {
+	if w.cfg.Kind != KindWeChatOAuth {
+		return nil, ErrNotSupported
+	}
+	reply, err := w.get(ctx, "exchange", "/sns/oauth2/access_token", url.Values{
+		"appid": {w.cfg.ClientID}, "secret": {w.secret}, "code": {code}, "grant_type": {"authorization_code"}})
+	if err != nil {
+		return nil, scrub(err, code)
+	}
+	ts, err := w.tokenSet("exchange", reply)
+	if err != nil {
+		return nil, err
+	}
+	if ts.RefreshToken != "" {
+		ts.RefreshExpiresAt = w.now().Add(WeChatRefreshTokenLifetime)
+	}
+	return ts, nil
+}
+
+// Refresh needs no secret. WeChat keeps the refresh token's 30-day life
+// from the original grant, so its known expiry is left as it is unless a
+// new refresh token comes back.
+func (w *wechat) Refresh(ctx context.Context, refreshToken string) (*TokenSet, error) {
+	if w.cfg.Kind != KindWeChatOAuth {
+		return nil, ErrNotSupported
+	}
+	reply, err := w.get(ctx, "refresh", "/sns/oauth2/refresh_token", url.Values{
+		"appid": {w.cfg.ClientID}, "grant_type": {"refresh_token"}, "refresh_token": {refreshToken}})
+	if err != nil {
+		return nil, scrub(err, refreshToken)
+	}
+	ts, err := w.tokenSet("refresh", reply)
+	if err != nil {
+		return nil, err
+	}
+	if ts.RefreshToken != "" && ts.RefreshToken != refreshToken {
+		ts.RefreshExpiresAt = w.now().Add(WeChatRefreshTokenLifetime)
+	}
+	return ts, nil
+}
+
+func (w *wechat) Revoke(context.Context, string, string) error { return ErrNotSupported }
