@@ -26,6 +26,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 )
 
 // Region is the region every local client uses.
@@ -257,4 +258,9 @@ func UniqueName(prefix string) string {
 	n := nameSeq.n
 	nameSeq.Unlock()
 	return fmt.Sprintf("%s-%d-%d-%d", prefix, os.Getpid(), time.Now().UnixNano()%1e9, n)
+}
+
+// SSMClient returns an SSM client for moto at endpoint.
+func SSMClient(endpoint string) *ssm.Client {
+	return ssm.NewFromConfig(Config(), func(o *ssm.Options) { o.BaseEndpoint = aws.String(endpoint) })
 }
