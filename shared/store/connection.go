@@ -392,3 +392,31 @@ func (s *Store) Delete(ctx context.Context, k Key) error {
 	}
 	return nil
 }
+
+// RawVersion reads only the version of a connection, for overwriting an
+// item that can no longer be decoded (a re-authorization replaces it).
+func (s *Store) RawVersion(ctx context.Context, k Key) (int64, error) {
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	if err := k.Validate(); err != nil {
+		return 0, err
+	}
+	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(k.pk()), ConsistentRead: aws.Bool(true),
+		ProjectionExpression: aws.String("version"),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: get version %s: %w", k, err)
+	}
+	if len(out.Item) == 0 {
+		return 0, fmt.Errorf("%w: connection %s", ErrNotFound, k)
+	}
+	var v struct {
+		Version int64 `dynamodbav:"version"`
+	}
+	if err := attributevalue.UnmarshalMap(out.Item, &v); err != nil {
+		return 0, fmt.Errorf("%w: version of %s: %v", ErrCorrupt, k, err)
+	}
+	return v.Version, nil
+}

@@ -1,0 +1,273 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"time"
+
+	"tokenbroker/shared/provider"
+	"tokenbroker/shared/store"
+)
+
+// AuthorizeRequest starts an authorization.
+type AuthorizeRequest struct {
+	Key      store.Key
+	Scopes   []string
+	ReturnTo string
+	// RequestBase is https://{domainName} of the incoming request, used for
+	// the callback URL when no PUBLIC_BASE_URL or redirect_uri is set.
+	RequestBase string
+}
+
+// AuthorizeResult is where to send the user's browser.
+type AuthorizeResult struct {
+	AuthorizeURL   string
+	StateExpiresAt time.Time
+}
+
+// StartAuthorization stores a single-use state (with the PKCE verifier)
+// and returns the provider's authorize URL.
+//
+// Codes: bad_request (names, scopes, return_to, machine providers),
+// not_found (unknown provider), internal.
+func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (*AuthorizeResult, error) {
+	if err := validKey(req.Key); err != nil {
+		return nil, err
+	}
+	e, err := b.envFor(ctx, req.Key.Provider)
+	if err != nil {
+		return nil, err
+	}
+	if e.cfg.Machine() {
+		return nil, Errorf(CodeBadRequest, "provider %q issues app tokens without a user: GET /connections/%s/%s/token instead", req.Key.Provider, req.Key.Provider, MachineConnection)
+	}
+	if len(req.Scopes) > 32 {
+		return nil, Errorf(CodeBadRequest, "at most 32 scopes")
+	}
+	for _, s := range req.Scopes {
+		if s == "" || len(s) > 256 || strings.ContainsAny(s, " \t\r\n") {
+			return nil, Errorf(CodeBadRequest, "each scope must be 1-256 characters without spaces")
+		}
+	}
+	if err := b.checkReturnTo(req.ReturnTo); err != nil {
+		return nil, err
+	}
+	redirect, err := b.redirectURI(e.cfg, req.RequestBase)
+	if err != nil {
+		return nil, err
+	}
+	state, err := b.randomString(32)
+	if err != nil {
+		return nil, wrap(CodeInternal, err, "no randomness")
+	}
+	var verifier, challenge string
+	if e.cfg.UsesPKCE() {
+		verifier = provider.NewVerifier()
+		challenge = provider.S256Challenge(verifier)
+	}
+	authURL, err := e.client.AuthorizeURL(provider.AuthorizeRequest{State: state, RedirectURI: redirect, Scopes: req.Scopes, CodeChallenge: challenge})
+	if err != nil {
+		return nil, wrap(CodeBadRequest, err, "cannot build the authorize URL: %s", strings.TrimPrefix(err.Error(), "provider: "))
+	}
+	now := b.now()
+	st := &store.State{Key: req.Key, Verifier: verifier, ReturnTo: req.ReturnTo, RedirectURI: redirect,
+		Scopes: req.Scopes, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
+	if err := e.store.PutState(ctx, state, st); err != nil {
+		return nil, storeError(err, "state")
+	}
+	return &AuthorizeResult{AuthorizeURL: authURL, StateExpiresAt: st.ExpiresAt.UTC().Truncate(time.Second)}, nil
+}
+
+func (b *Broker) checkReturnTo(returnTo string) error {
+	if returnTo == "" {
+		return nil
+	}
+	u, err := url.Parse(returnTo)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || u.User != nil || len(returnTo) > 2048 {
+		return Errorf(CodeBadRequest, "return_to must be an absolute http(s) URL")
+	}
+	origin := strings.ToLower(u.Scheme + "://" + u.Host)
+	for _, allowed := range b.ReturnToAllowlist {
+		if strings.EqualFold(strings.TrimRight(strings.TrimSpace(allowed), "/"), origin) {
+			return nil
+		}
+	}
+	return Errorf(CodeBadRequest, "return_to origin %s is not in RETURN_TO_ALLOWLIST", origin)
+}
+
+func (b *Broker) redirectURI(cfg provider.Config, requestBase string) (string, error) {
+	if cfg.RedirectURI != "" {
+		return cfg.RedirectURI, nil
+	}
+	base := b.PublicBaseURL
+	if base == "" {
+		base = requestBase
+	}
+	if base == "" {
+		return "", Errorf(CodeInternal, "no PUBLIC_BASE_URL and no request domain to build the callback URL")
+	}
+	return strings.TrimRight(base, "/") + "/callback/" + cfg.Name, nil
+}
+
+// CallbackRequest is what the provider sent to /callback/{provider}.
+type CallbackRequest struct {
+	Provider         string
+	Code             string
+	State            string
+	Error            string
+	ErrorDescription string
+}
+
+// CallbackResult says how an authorization ended, for the redirect.
+type CallbackResult struct {
+	Key      store.Key
+	ReturnTo string
+	// Err is nil when the connection was stored.
+	Err error
+}
+
+// CompleteAuthorization consumes the state once, exchanges the code (never
+// retried: the code may be spent) and stores the connection, replacing any
+// previous grant of the same connection, needs_reauth included.
+//
+// The returned error is set when there is nowhere to send the user back
+// (bad or replayed state); otherwise the outcome is in the result.
+func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest) (*CallbackResult, error) {
+	if !store.ValidID(req.Provider) {
+		return nil, Errorf(CodeBadRequest, "provider name must match [A-Za-z0-9._-]{1,128}")
+	}
+	if req.State == "" {
+		return nil, Errorf(CodeBadRequest, "the callback has no state; start the authorization again")
+	}
+	e, err := b.envFor(ctx, req.Provider)
+	if err != nil {
+		return nil, err
+	}
+	st, err := e.store.ConsumeState(ctx, req.State)
+	if errors.Is(err, store.ErrStateInvalid) {
+		return nil, Errorf(CodeBadRequest, "this authorization link is unknown, already used or expired; start again")
+	}
+	if err != nil {
+		return nil, storeError(err, "state")
+	}
+	if st.Provider != req.Provider {
+		return nil, Errorf(CodeBadRequest, "this authorization was started for another provider; start again")
+	}
+	res := &CallbackResult{Key: st.Key, ReturnTo: st.ReturnTo}
+	if req.Error != "" {
+		res.Err = Errorf(CodeForbidden, "the provider reported %s: %s", clip(req.Error, 64), clip(req.ErrorDescription, 200))
+		return res, nil
+	}
+	if req.Code == "" {
+		res.Err = Errorf(CodeBadRequest, "the callback has no code; start the authorization again")
+		return res, nil
+	}
+	start := b.now()
+	ts, err := e.client.Exchange(ctx, req.Code, st.RedirectURI, st.Verifier)
+	b.Metrics.Milliseconds("ProviderLatency", b.now().Sub(start), map[string]string{"Provider": req.Provider, "Op": "exchange"})
+	if err != nil {
+		b.log().WarnContext(ctx, "code exchange failed", "provider", req.Provider, "connection", st.Connection, "error", err.Error())
+		res.Err = exchangeError(err)
+		return res, nil
+	}
+	now := b.now()
+	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now}
+	applyTokens(conn, ts)
+	scheduleRefresh(conn, e.cfg, now)
+	if err := b.replace(ctx, e.store, conn); err != nil {
+		res.Err = err
+		return res, nil
+	}
+	b.log().InfoContext(ctx, "connection authorized", "provider", st.Provider, "connection", st.Connection,
+		"token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
+	return res, nil
+}
+
+// exchangeError explains a failed code exchange: the user must start
+// again, because retrying could hit a spent code.
+func exchangeError(err error) error {
+	var pe *provider.Error
+	if !errors.As(err, &pe) {
+		return wrap(CodeProviderUnavailable, err, "the provider could not be reached; start the authorization again")
+	}
+	if pe.Class == provider.ClassTransient {
+		return wrap(CodeProviderUnavailable, err, "the provider failed (%s: %s); start the authorization again", pe.Code, pe.Message)
+	}
+	return wrap(CodeProviderError, err, "the provider refused the code (%s: %s); start the authorization again", pe.Code, pe.Message)
+}
+
+// replace stores a freshly authorized connection over whatever is there,
+// at the next version, so any refresh in flight on the old grant loses.
+func (b *Broker) replace(ctx context.Context, st *store.Store, conn *store.Connection) error {
+	for attempt := 0; attempt < 5; attempt++ {
+		old, err := st.Get(ctx, conn.Key, true)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			err = st.Create(ctx, conn)
+			if errors.Is(err, store.ErrAlreadyExists) {
+				continue
+			}
+		case err != nil && !errors.Is(err, store.ErrCorrupt):
+			return storeError(err, "connection")
+		default:
+			var v int64
+			if old != nil {
+				v = old.Version
+			} else if v, err = st.RawVersion(ctx, conn.Key); err != nil {
+				return storeError(err, "connection")
+			}
+			err = st.Commit(ctx, conn, v)
+			if errors.Is(err, store.ErrVersionConflict) {
+				continue
+			}
+		}
+		if err != nil {
+			return storeError(err, "connection")
+		}
+		return nil
+	}
+	return Errorf(CodeInternal, "the connection kept changing while being stored; try again")
+}
+
+// applyTokens writes a provider's answer onto a connection. A refresh
+// answer without a refresh token keeps the old one (and its expiry); a
+// rotated one replaces it.
+func applyTokens(c *store.Connection, ts *provider.TokenSet) {
+	c.AccessToken = ts.AccessToken
+	c.TokenType = ts.TokenType
+	if ts.Scope != "" {
+		c.Scope = ts.Scope
+	}
+	c.ExpiresAt = ts.ExpiresAt
+	if ts.RefreshToken != "" && ts.RefreshToken != c.RefreshToken {
+		c.RefreshToken = ts.RefreshToken
+		c.RefreshExpiresAt = ts.RefreshExpiresAt
+	} else if !ts.RefreshExpiresAt.IsZero() {
+		c.RefreshExpiresAt = ts.RefreshExpiresAt
+	}
+	if len(ts.Extra) > 0 {
+		if c.Extra == nil {
+			c.Extra = map[string]string{}
+		}
+		for k, v := range ts.Extra {
+			if len(c.Extra) < store.MaxExtra || c.Extra[k] != "" {
+				c.Extra[k] = v
+			}
+		}
+	}
+}
+
+func clip(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

@@ -1,0 +1,345 @@
+// Package httpapi maps API Gateway HTTP API (payload format 2.0) events to
+// broker calls and back: path parameters validated, the IAM caller checked,
+// JSON bodies in and out, and one table from error code to HTTP status.
+//
+// Handlers take the raw event so that a malformed one is a 400 with a
+// clear message, not a runtime unmarshal failure.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+
+	"tokenbroker/shared/broker"
+	"tokenbroker/shared/store"
+)
+
+// statusOf is the one table from error code to HTTP status.
+var statusOf = map[broker.Code]int{
+	broker.CodeBadRequest:          http.StatusBadRequest,
+	broker.CodeUnauthorized:        http.StatusUnauthorized,
+	broker.CodeForbidden:           http.StatusForbidden,
+	broker.CodeNotFound:            http.StatusNotFound,
+	broker.CodeNeedsReauth:         http.StatusConflict,
+	broker.CodeProviderError:       http.StatusBadGateway,
+	broker.CodeProviderUnavailable: http.StatusServiceUnavailable,
+	broker.CodeInternal:            http.StatusInternalServerError,
+}
+
+// StatusOf returns the HTTP status of an error code.
+func StatusOf(code broker.Code) int {
+	if s, ok := statusOf[code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// Core is what the handlers need of the broker; *broker.Broker satisfies it.
+type Core interface {
+	StartAuthorization(ctx context.Context, req broker.AuthorizeRequest) (*broker.AuthorizeResult, error)
+	CompleteAuthorization(ctx context.Context, req broker.CallbackRequest) (*broker.CallbackResult, error)
+	Token(ctx context.Context, req broker.TokenRequest) (*broker.Token, error)
+	Status(ctx context.Context, k store.Key) (*broker.Status, error)
+	Delete(ctx context.Context, k store.Key) error
+}
+
+// Handler serves the routes.
+type Handler struct {
+	Core Core
+	Log  *slog.Logger
+}
+
+// Response is the API Gateway v2 response type.
+type Response = events.APIGatewayV2HTTPResponse
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log != nil {
+		return h.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func jsonResponse(status int, v any) Response {
+	body, _ := json.Marshal(v)
+	return Response{StatusCode: status, Body: string(body), Headers: map[string]string{
+		"Content-Type": "application/json", "Cache-Control": "no-store",
+	}}
+}
+
+// errorResponse writes {"error","message"}; causes go to the log only.
+func (h *Handler) errorResponse(ctx context.Context, err error) Response {
+	code := broker.ErrorCode(err)
+	status := StatusOf(code)
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	h.log().Log(ctx, level, "request failed", "code", string(code), "status", status, "error", err.Error())
+	return jsonResponse(status, map[string]string{"error": string(code), "message": broker.ErrorMessage(err)})
+}
+
+func parseEvent(raw json.RawMessage) (*events.APIGatewayV2HTTPRequest, error) {
+	var ev events.APIGatewayV2HTTPRequest
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return nil, broker.Errorf(broker.CodeBadRequest, "the event is not an API Gateway HTTP API (2.0) request: %s", firstLine(err.Error()))
+	}
+	if ev.RequestContext.HTTP.Method == "" {
+		return nil, broker.Errorf(broker.CodeBadRequest, "the event has no requestContext.http.method; is it an HTTP API payload 2.0 event?")
+	}
+	return &ev, nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 160 {
+		s = s[:160]
+	}
+	return s
+}
+
+// pathParams returns provider (and connection when want is 2) from the
+// event's pathParameters, or from the raw path when they are absent.
+func pathParams(ev *events.APIGatewayV2HTTPRequest, names ...string) ([]string, error) {
+	out := make([]string, len(names))
+	segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/")
+	for i, name := range names {
+		v, ok := ev.PathParameters[name]
+		if !ok && len(segs) > i+1 {
+			v, _ = url.PathUnescape(segs[i+1])
+		}
+		if !store.ValidID(v) {
+			return nil, broker.Errorf(broker.CodeBadRequest, "%s must match [A-Za-z0-9._-]{1,128}", name)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// iamCaller returns the caller's ARN; API Gateway has verified the
+// signature, and the check here keeps a route misconfigured without IAM
+// auth from serving tokens.
+func iamCaller(ev *events.APIGatewayV2HTTPRequest) (string, error) {
+	iam := ev.RequestContext.Authorizer
+	if iam == nil || iam.IAM == nil || (iam.IAM.UserARN == "" && iam.IAM.AccessKey == "" && iam.IAM.CallerID == "") {
+		return "", broker.Errorf(broker.CodeUnauthorized, "this route needs an IAM-signed request (SigV4)")
+	}
+	if iam.IAM.UserARN != "" {
+		return iam.IAM.UserARN, nil
+	}
+	if iam.IAM.CallerID != "" {
+		return iam.IAM.CallerID, nil
+	}
+	return iam.IAM.AccessKey, nil
+}
+
+func requestBase(ev *events.APIGatewayV2HTTPRequest) string {
+	if ev.RequestContext.DomainName == "" {
+		return ""
+	}
+	return "https://" + ev.RequestContext.DomainName
+}
+
+func body(ev *events.APIGatewayV2HTTPRequest) ([]byte, error) {
+	if !ev.IsBase64Encoded {
+		return []byte(ev.Body), nil
+	}
+	return decodeBase64(ev.Body)
+}
+
+func rfc3339(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// Authorize serves POST /connections/{provider}/{connection}/authorize.
+func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response, error) {
+	ev, err := parseEvent(raw)
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	if _, err := iamCaller(ev); err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	ids, err := pathParams(ev, "provider", "connection")
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	var req struct {
+		Scopes   []string `json:"scopes"`
+		ReturnTo string   `json:"return_to"`
+	}
+	b, err := body(ev)
+	if err != nil {
+		return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body is not valid base64")), nil
+	}
+	if len(b) > 16<<10 {
+		return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body is larger than 16 KiB")), nil
+	}
+	if strings.TrimSpace(string(b)) != "" {
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body must be JSON like {\"scopes\":[…],\"return_to\":\"https://…\"}: %s", firstLine(err.Error()))), nil
+		}
+	}
+	res, err := h.Core.StartAuthorization(ctx, broker.AuthorizeRequest{
+		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, RequestBase: requestBase(ev),
+	})
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	return jsonResponse(http.StatusOK, map[string]any{"authorize_url": res.AuthorizeURL, "state_expires_at": rfc3339(res.StateExpiresAt)}), nil
+}
+
+// Callback serves GET /callback/{provider}: a 302 to return_to with
+// status=connected|error, or a small HTML page when there is none.
+func (h *Handler) Callback(ctx context.Context, raw json.RawMessage) (Response, error) {
+	ev, err := parseEvent(raw)
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	ids, err := pathParams(ev, "provider")
+	if err != nil {
+		return h.callbackPage(ctx, ev, err), nil
+	}
+	q := ev.QueryStringParameters
+	if ev.RawQueryString != "" {
+		if parsed, perr := url.ParseQuery(ev.RawQueryString); perr == nil {
+			q = map[string]string{}
+			for k := range parsed {
+				q[k] = parsed.Get(k)
+			}
+		}
+	}
+	res, err := h.Core.CompleteAuthorization(ctx, broker.CallbackRequest{
+		Provider: ids[0], Code: q["code"], State: q["state"], Error: q["error"], ErrorDescription: q["error_description"],
+	})
+	if err != nil {
+		return h.callbackPage(ctx, ev, err), nil
+	}
+	if res.ReturnTo != "" {
+		u, perr := url.Parse(res.ReturnTo)
+		if perr == nil {
+			rq := u.Query()
+			rq.Set("provider", res.Key.Provider)
+			rq.Set("connection", res.Key.Connection)
+			if res.Err == nil {
+				rq.Set("status", "connected")
+			} else {
+				h.log().WarnContext(ctx, "authorization failed", "provider", res.Key.Provider, "connection", res.Key.Connection, "error", res.Err.Error())
+				rq.Set("status", "error")
+				rq.Set("error", string(broker.ErrorCode(res.Err)))
+				rq.Set("message", broker.ErrorMessage(res.Err))
+			}
+			u.RawQuery = rq.Encode()
+			return Response{StatusCode: http.StatusFound, Headers: map[string]string{"Location": u.String(), "Cache-Control": "no-store"}}, nil
+		}
+	}
+	if res.Err != nil {
+		return h.callbackPage(ctx, ev, res.Err), nil
+	}
+	return htmlPage(http.StatusOK, "Connected", fmt.Sprintf("%s / %s is connected. You can close this window.", res.Key.Provider, res.Key.Connection)), nil
+}
+
+// callbackPage answers a callback that cannot redirect: HTML for a
+// browser, the JSON error otherwise.
+func (h *Handler) callbackPage(ctx context.Context, ev *events.APIGatewayV2HTTPRequest, err error) Response {
+	resp := h.errorResponse(ctx, err)
+	accept := ev.Headers["accept"]
+	if accept == "" {
+		accept = ev.Headers["Accept"]
+	}
+	if strings.Contains(accept, "text/html") {
+		return htmlPage(resp.StatusCode, "Authorization failed", broker.ErrorMessage(err))
+	}
+	return resp
+}
+
+func htmlPage(status int, title, msg string) Response {
+	body := "<!doctype html><html><head><meta charset=\"utf-8\"><title>" + html.EscapeString(title) +
+		"</title></head><body><h1>" + html.EscapeString(title) + "</h1><p>" + html.EscapeString(msg) + "</p></body></html>"
+	return Response{StatusCode: status, Body: body, Headers: map[string]string{
+		"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
+		"Content-Security-Policy": "default-src 'none'",
+	}}
+}
+
+// Connections serves the token function's routes: GET …/token, GET status,
+// POST …/refresh and DELETE.
+func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Response, error) {
+	ev, err := parseEvent(raw)
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	caller, err := iamCaller(ev)
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	ids, err := pathParams(ev, "provider", "connection")
+	if err != nil {
+		return h.errorResponse(ctx, err), nil
+	}
+	key := store.Key{Provider: ids[0], Connection: ids[1]}
+	method := ev.RequestContext.HTTP.Method
+	suffix := ""
+	if segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/"); len(segs) == 4 {
+		suffix = segs[3]
+	}
+	switch {
+	case method == http.MethodGet && suffix == "token":
+		minTTL := broker.DefaultMinTTL
+		if v, ok := ev.QueryStringParameters["min_ttl"]; ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 86400 {
+				return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "min_ttl must be a whole number of seconds from 0 to 86400")), nil
+			}
+			minTTL = time.Duration(n) * time.Second
+		}
+		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: minTTL, Caller: caller}), nil
+	case method == http.MethodPost && suffix == "refresh":
+		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: broker.DefaultMinTTL, Force: true, Caller: caller}), nil
+	case method == http.MethodGet && suffix == "":
+		st, err := h.Core.Status(ctx, key)
+		if err != nil {
+			return h.errorResponse(ctx, err), nil
+		}
+		return jsonResponse(http.StatusOK, map[string]any{"provider": key.Provider, "connection": key.Connection,
+			"status": st.Status, "expires_at": rfc3339(st.ExpiresAt), "refreshed_at": rfc3339(st.RefreshedAt), "last_error": st.LastError}), nil
+	case method == http.MethodDelete && suffix == "":
+		if err := h.Core.Delete(ctx, key); err != nil {
+			return h.errorResponse(ctx, err), nil
+		}
+		return Response{StatusCode: http.StatusNoContent, Headers: map[string]string{"Cache-Control": "no-store"}}, nil
+	}
+	return h.errorResponse(ctx, broker.Errorf(broker.CodeNotFound, "no route %s %s", method, ev.RawPath)), nil
+}
+
+func (h *Handler) token(ctx context.Context, req broker.TokenRequest) Response {
+	tok, err := h.Core.Token(ctx, req)
+	if err != nil {
+		return h.errorResponse(ctx, err)
+	}
+	extra := tok.Extra
+	if extra == nil {
+		extra = map[string]string{}
+	}
+	return jsonResponse(http.StatusOK, map[string]any{
+		"provider": tok.Key.Provider, "connection": tok.Key.Connection, "access_token": tok.AccessToken,
+		"token_type": tok.TokenType, "expires_at": rfc3339(tok.ExpiresAt), "scope": tok.Scope, "extra": extra,
+	})
+}
+
+var errBase64 = errors.New("bad base64")

@@ -1,0 +1,118 @@
+// Package telemetry is how tokenbroker tells operators what it does:
+// structured JSON logs (log/slog) that carry the Lambda request id,
+// CloudWatch metrics as Embedded Metric Format log lines, and EventBridge
+// events for connections that need re-authorization.
+package telemetry
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
+)
+
+// Namespace of every metric.
+const Namespace = "tokenbroker"
+
+// NewLogger returns a JSON logger at level ("debug", "info", "warn",
+// "error"; info when empty or unknown) that adds the Lambda request id
+// found in the context to every line.
+func NewLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(requestIDHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})})
+}
+
+type requestIDHandler struct{ slog.Handler }
+
+func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
+	if lc, ok := lambdacontext.FromContext(ctx); ok && lc.AwsRequestID != "" {
+		r.AddAttrs(slog.String("request_id", lc.AwsRequestID))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h requestIDHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return requestIDHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h requestIDHandler) WithGroup(name string) slog.Handler {
+	return requestIDHandler{h.Handler.WithGroup(name)}
+}
+
+// Metric names.
+const (
+	RefreshSucceeded = "RefreshSucceeded"
+	RefreshFailed    = "RefreshFailed"
+	LeaseContended   = "LeaseContended"
+	ProviderLatency  = "ProviderLatency"
+	NeedsReauth      = "NeedsReauth"
+	TokenServed      = "TokenServed"
+	QuotaRefused     = "QuotaRefused"
+)
+
+// Metrics writes EMF lines; CloudWatch turns them into metrics with no API
+// call from the function. A nil *Metrics discards.
+type Metrics struct {
+	W   io.Writer
+	Now func() time.Time
+	mu  sync.Mutex
+}
+
+// Count emits value of a Count metric with the given dimensions.
+func (m *Metrics) Count(name string, value float64, dims map[string]string) {
+	m.emit(name, "Count", value, dims)
+}
+
+// Milliseconds emits a duration metric.
+func (m *Metrics) Milliseconds(name string, d time.Duration, dims map[string]string) {
+	m.emit(name, "Milliseconds", float64(d.Microseconds())/1000, dims)
+}
+
+func (m *Metrics) emit(name, unit string, value float64, dims map[string]string) {
+	if m == nil || m.W == nil {
+		return
+	}
+	now := time.Now
+	if m.Now != nil {
+		now = m.Now
+	}
+	keys := slices.Sorted(maps.Keys(dims))
+	line := map[string]any{
+		"_aws": map[string]any{
+			"Timestamp": now().UnixMilli(),
+			"CloudWatchMetrics": []any{map[string]any{
+				"Namespace":  Namespace,
+				"Dimensions": [][]string{keys},
+				"Metrics":    []any{map[string]string{"Name": name, "Unit": unit}},
+			}},
+		},
+		name: value,
+	}
+	for k, v := range dims {
+		line[k] = v
+	}
+	b, err := json.Marshal(line)
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, _ = m.W.Write(append(b, '\n'))
+}
