@@ -248,4 +248,3 @@ func (b *Broker) retryDelay(attempts int, expiresAt, now time.Time) time.Duratio
 	}
 	return max(d, 15*time.Second)
 }
-

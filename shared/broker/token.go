@@ -114,8 +114,12 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, m
 	startVersion := c.Version
 	for {
 		now := b.now()
-		if force && c.Version > startVersion {
-			force = false // someone refreshed since we asked: that is our refresh
+		// A successful refresh committed since we first read the connection
+		// is the best the provider will give: use it, even if the provider's
+		// lifetime is shorter than minTTL, rather than refreshing again.
+		refreshedSince := c.Version > startVersion && c.Status == store.StatusActive && c.LastError == ""
+		if refreshedSince && c.AccessToken != "" && (c.ExpiresAt.IsZero() || c.ExpiresAt.After(now)) {
+			return c, nil
 		}
 		if c.Status == store.StatusNeedsReauth && !(force && e.cfg.Machine()) {
 			return nil, needsReauth(c)
@@ -123,7 +127,12 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, m
 		if !force && usable(c, minTTL, now) {
 			return c, nil
 		}
-		if !force && c.Status == store.StatusActive && c.RefreshToken == "" && !e.cfg.Machine() {
+		if c.Status == store.StatusActive && c.RefreshToken == "" && !e.cfg.Machine() {
+			// Nothing to refresh with: hand out what is left, and only once
+			// it has expired ask for a new authorization.
+			if c.ExpiresAt.After(now) {
+				return c, nil
+			}
 			return nil, b.markNeedsReauth(ctx, e, c, "the access token expired and the provider gave no refresh token", "")
 		}
 		if !c.Leased(now) {

@@ -1,0 +1,223 @@
+// Package devstack brings up tokenbroker's whole local world: DynamoDB
+// Local and moto (or the ones already named in the environment), the table
+// created from template.yaml, the provider emulators on loopback ports, and
+// SSM seeded with demo providers and a fresh token key ring. The end-to-end
+// tests, make invoke-<fn> and make dev all stand on it.
+package devstack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+
+	"tokenbroker/shared/emulator"
+	"tokenbroker/shared/localaws"
+)
+
+// Demo provider names seeded into SSM.
+const (
+	WeChatMP  = "wechat-mp"
+	WeChatWeb = "wechat-web"
+	SinaCloud = "sinacloud"
+	OAuth2    = "oauth2"
+)
+
+// Demo credentials the emulators accept.
+const (
+	WeChatAppID     = "wxd0e1m2o3a4p5p6"
+	WeChatSecret    = "demo-wechat-appsecret"
+	SinaClientID    = "demo-sina-client"
+	SinaSecret      = "demo-sina-secret"
+	OAuth2ClientID  = "demo-oauth2-client"
+	OAuth2Secret    = "demo-oauth2-secret"
+	DefaultTemplate = "template.yaml"
+)
+
+// Options shape a stack.
+type Options struct {
+	// PublicBaseURL is the broker's public base (callback URLs derive from it).
+	PublicBaseURL string
+	// Root is the module root (template.yaml, DynamoDB Local); found from
+	// the working directory when empty.
+	Root string
+	// Table and Prefix default to unique names.
+	Table, Prefix string
+	// EmulatorAddrs pins the emulators' listen addresses (make dev);
+	// free ports when empty.
+	EmulatorAddrs map[string]string
+	// ReturnToAllowlist for the functions' environment.
+	ReturnToAllowlist string
+	// LogLevel for the functions; "warn" when empty.
+	LogLevel string
+}
+
+// Stack is a running local world.
+type Stack struct {
+	Endpoints localaws.Endpoints
+	Table     string
+	Prefix    string
+	WeChat    *emulator.WeChat
+	Sina      *emulator.SinaCloud
+	OAuth2    *emulator.OAuth2
+	// EmulatorURLs by provider kind: "wechat", "sinacloud", "oauth2".
+	EmulatorURLs map[string]string
+	// FunctionEnv is the environment every function gets.
+	FunctionEnv map[string]string
+
+	stopStandins func()
+	servers      []*http.Server
+}
+
+// Start brings the stack up. Close stops everything it started.
+func Start(ctx context.Context, opts Options) (st *Stack, err error) {
+	if opts.Root == "" {
+		if opts.Root, err = localaws.ModuleRoot(); err != nil {
+			return nil, err
+		}
+	}
+	if opts.PublicBaseURL == "" {
+		opts.PublicBaseURL = "http://127.0.0.1:3000"
+	}
+	if opts.Table == "" {
+		opts.Table = localaws.UniqueName("tokenbroker")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "/" + localaws.UniqueName("tokenbroker")
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "warn"
+	}
+	st = &Stack{Table: opts.Table, Prefix: opts.Prefix, EmulatorURLs: map[string]string{}}
+	defer func() {
+		if err != nil {
+			st.Close()
+			st = nil
+		}
+	}()
+	ep, stop, err := localaws.Setup(ctx)
+	st.stopStandins = stop
+	if err != nil {
+		return st, err
+	}
+	st.Endpoints = ep
+	db := localaws.DynamoDBClient(ep.DynamoDB)
+	if err := localaws.CreateTable(ctx, db, filepath.Join(opts.Root, DefaultTemplate), opts.Table); err != nil {
+		return st, err
+	}
+	callback := func(p string) string { return strings.TrimRight(opts.PublicBaseURL, "/") + "/callback/" + p }
+	st.WeChat = emulator.NewWeChat(WeChatAppID, WeChatSecret)
+	st.Sina = emulator.NewSinaCloud(SinaClientID, SinaSecret, callback(SinaCloud))
+	st.OAuth2 = emulator.NewOAuth2(OAuth2ClientID, OAuth2Secret, callback(OAuth2))
+	for name, h := range map[string]http.Handler{"wechat": st.WeChat, "sinacloud": st.Sina, "oauth2": st.OAuth2} {
+		addr := opts.EmulatorAddrs[name]
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return st, fmt.Errorf("devstack: %s emulator on %s: %w", name, addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		st.servers = append(st.servers, srv)
+		go func() { _ = srv.Serve(l) }()
+		st.EmulatorURLs[name] = "http://" + l.Addr().String()
+	}
+	if err := st.seed(ctx, localaws.SSMClient(ep.SSM)); err != nil {
+		return st, err
+	}
+	st.FunctionEnv = map[string]string{
+		"TABLE_NAME": opts.Table, "SSM_PREFIX": opts.Prefix, "PUBLIC_BASE_URL": opts.PublicBaseURL,
+		"RETURN_TO_ALLOWLIST": opts.ReturnToAllowlist, "LOG_LEVEL": opts.LogLevel, "DUE_SHARDS": "8",
+		localaws.EnvDynamoDB: ep.DynamoDB, localaws.EnvSSM: ep.SSM, localaws.EnvEventBridge: ep.SSM,
+		"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_REGION": localaws.Region,
+		"AWS_EC2_METADATA_DISABLED": "true",
+	}
+	return st, nil
+}
+
+// ProviderConfigs are the demo providers' SSM documents.
+func (st *Stack) ProviderConfigs() map[string]map[string]any {
+	wx, sina, o2 := st.EmulatorURLs["wechat"], st.EmulatorURLs["sinacloud"], st.EmulatorURLs["oauth2"]
+	return map[string]map[string]any{
+		WeChatMP:  {"kind": "wechat_mp", "client_id": WeChatAppID, "api_base": wx, "token_api": "stable_token"},
+		WeChatWeb: {"kind": "wechat_oauth", "client_id": WeChatAppID, "api_base": wx, "authorize_url": wx + "/connect/oauth2/authorize", "scopes": []string{"snsapi_userinfo"}},
+		SinaCloud: {"kind": "sinacloud", "client_id": SinaClientID, "api_base": sina},
+		OAuth2: {"kind": "oauth2", "client_id": OAuth2ClientID, "authorize_url": o2 + "/authorize", "token_url": o2 + "/token",
+			"revoke_url": o2 + "/revoke", "scopes": []string{"read"}, "auth_style": "basic"},
+	}
+}
+
+var secrets = map[string]string{WeChatMP: WeChatSecret, WeChatWeb: WeChatSecret, SinaCloud: SinaSecret, OAuth2: OAuth2Secret}
+
+func (st *Stack) seed(ctx context.Context, client *ssm.Client) error {
+	put := func(name, value string, typ ssmtypes.ParameterType) error {
+		_, err := client.PutParameter(ctx, &ssm.PutParameterInput{Name: aws.String(name), Value: aws.String(value), Type: typ, Overwrite: aws.Bool(true)})
+		if err != nil {
+			return fmt.Errorf("devstack: put %s: %w", name, err)
+		}
+		return nil
+	}
+	for name, cfg := range st.ProviderConfigs() {
+		doc, _ := json.Marshal(cfg)
+		if err := put(st.Prefix+"/providers/"+name+"/config", string(doc), ssmtypes.ParameterTypeString); err != nil {
+			return err
+		}
+		if err := put(st.Prefix+"/providers/"+name+"/client_secret", secrets[name], ssmtypes.ParameterTypeSecureString); err != nil {
+			return err
+		}
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	ring, _ := json.Marshal(map[string]any{"active": "dev1", "keys": map[string]string{"dev1": base64.StdEncoding.EncodeToString(key)}})
+	return put(st.Prefix+"/token-keys", string(ring), ssmtypes.ParameterTypeSecureString)
+}
+
+// PutProvider writes (or replaces) one provider's parameters.
+func (st *Stack) PutProvider(ctx context.Context, name string, cfg map[string]any, secret string) error {
+	client := localaws.SSMClient(st.Endpoints.SSM)
+	doc, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		name, value string
+		typ         ssmtypes.ParameterType
+	}{{st.Prefix + "/providers/" + name + "/config", string(doc), ssmtypes.ParameterTypeString},
+		{st.Prefix + "/providers/" + name + "/client_secret", secret, ssmtypes.ParameterTypeSecureString}} {
+		if _, err := client.PutParameter(ctx, &ssm.PutParameterInput{Name: aws.String(p.name), Value: aws.String(p.value), Type: p.typ, Overwrite: aws.Bool(true)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops the emulators and any stand-in this stack started.
+func (st *Stack) Close() {
+	if st == nil {
+		return
+	}
+	var errs []error
+	for _, s := range st.servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, s.Shutdown(ctx))
+		cancel()
+	}
+	_ = errors.Join(errs...)
+	if st.stopStandins != nil {
+		st.stopStandins()
+	}
+}
