@@ -58,7 +58,7 @@ unit:
 
 ## lint: gofmt, go vet, staticcheck
 lint:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
 	cfn-lint template.yaml

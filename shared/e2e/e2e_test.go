@@ -242,7 +242,10 @@ func TestStampedeOneRefresh(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, r := range runners {
 		wg.Add(1)
-		go func() { defer wg.Done(); expectStatus(t, tokenOf(t, r, devstack.SinaCloud, conn, "min_ttl=0"), 200, "") }()
+		go func() {
+			defer wg.Done()
+			expectStatus(t, tokenOf(t, r, devstack.SinaCloud, conn, "min_ttl=0"), 200, "")
+		}()
 	}
 	wg.Wait()
 	refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()

@@ -52,7 +52,9 @@ type FunctionError struct {
 	Message string `json:"errorMessage"`
 }
 
-func (e *FunctionError) Error() string { return "lambdarun: function error " + e.Type + ": " + e.Message }
+func (e *FunctionError) Error() string {
+	return "lambdarun: function error " + e.Type + ": " + e.Message
+}
 
 // Runner is one warm sandbox.
 type Runner struct {
