@@ -46,7 +46,7 @@ $(DDB_STAMP): $(DDB_DIR)/package.json $(DDB_DIR)/package-lock.json
 ## test: unit tests with -race, tests against DynamoDB Local and moto, the
 ## end-to-end tests of the built bootstraps, gofmt/vet and cfn-lint
 test: deps
-	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.build/*')); \
+	@unformatted=$$(gofmt -l functions shared); \
 	  [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	cfn-lint template.yaml
