@@ -45,6 +45,10 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 	if req.MinTTL < 0 || req.MinTTL > 24*time.Hour {
 		return nil, Errorf(CodeBadRequest, "min_ttl must be between 0 and 86400 seconds")
 	}
+	// However long the caller's context, waiting on another worker's lease
+	// is bounded: two leases cover a dead holder and our own takeover.
+	ctx, cancel := context.WithTimeout(ctx, 2*b.lease()+provider.DefaultTimeout)
+	defer cancel()
 	e, err := b.envFor(ctx, req.Key.Provider)
 	if err != nil {
 		return nil, err
@@ -112,6 +116,7 @@ func usable(c *store.Connection, minTTL time.Duration, now time.Time) bool {
 func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, minTTL time.Duration, force bool) (*store.Connection, error) {
 	wait := 20 * time.Millisecond
 	startVersion := c.Version
+	contended := false
 	for {
 		now := b.now()
 		// A successful refresh committed since we first read the connection
@@ -144,9 +149,12 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, m
 			if !errors.Is(err, store.ErrLeaseNotGranted) {
 				return nil, asAppError(err, "connection")
 			}
-			b.Metrics.Count(telemetry.LeaseContended, 1, map[string]string{"Provider": c.Provider})
 		}
 		// Someone else holds the lease (or just took it): wait for their commit.
+		if !contended {
+			contended = true
+			b.Metrics.Count(telemetry.LeaseContended, 1, map[string]string{"Provider": c.Provider})
+		}
 		select {
 		case <-ctx.Done():
 			return nil, wrap(CodeProviderUnavailable, ctx.Err(), "timed out waiting for another refresh of %s", c.Key)

@@ -60,8 +60,10 @@ type core struct {
 	calls  map[string]int
 	faults map[string][]Fault
 	// latency is added to every answer.
-	latency time.Duration
-	now     func() time.Time
+	latency     time.Duration
+	now         func() time.Time
+	inFlight    int
+	maxInFlight int
 }
 
 func newCore() core {
@@ -73,6 +75,13 @@ func (c *core) Calls(path string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.calls[path]
+}
+
+// MaxInFlight is the most requests served at the same time so far.
+func (c *core) MaxInFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.maxInFlight
 }
 
 // Inject makes the next n requests to path answer with f.
@@ -109,12 +118,19 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, h http.HandlerFunc)
 	path := r.URL.Path
 	c.mu.Lock()
 	c.calls[path]++
+	c.inFlight++
+	c.maxInFlight = max(c.maxInFlight, c.inFlight)
 	latency := c.latency
 	var fault *Fault
 	if q := c.faults[path]; len(q) > 0 {
 		fault, c.faults[path] = &q[0], q[1:]
 	}
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.inFlight--
+		c.mu.Unlock()
+	}()
 	delay := latency
 	if fault != nil {
 		delay += fault.Delay
