@@ -514,4 +514,3 @@ func TestEMFLinesAreWellFormed(t *testing.T) {
 		}
 	}
 }
-
