@@ -1,0 +1,214 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"tokenbroker/shared/broker"
+	"tokenbroker/shared/httpapi"
+	"tokenbroker/shared/store"
+)
+
+// fakeCore is the seam under the mapping: the mapping is what is tested
+// here, the core is tested against real stand-ins elsewhere.
+type fakeCore struct {
+	start    func(broker.AuthorizeRequest) (*broker.AuthorizeResult, error)
+	complete func(broker.CallbackRequest) (*broker.CallbackResult, error)
+	token    func(broker.TokenRequest) (*broker.Token, error)
+	status   func(store.Key) (*broker.Status, error)
+	del      func(store.Key) error
+}
+
+func (f *fakeCore) StartAuthorization(_ context.Context, r broker.AuthorizeRequest) (*broker.AuthorizeResult, error) {
+	return f.start(r)
+}
+func (f *fakeCore) CompleteAuthorization(_ context.Context, r broker.CallbackRequest) (*broker.CallbackResult, error) {
+	return f.complete(r)
+}
+func (f *fakeCore) Token(_ context.Context, r broker.TokenRequest) (*broker.Token, error) {
+	return f.token(r)
+}
+func (f *fakeCore) Status(_ context.Context, k store.Key) (*broker.Status, error) { return f.status(k) }
+func (f *fakeCore) Delete(_ context.Context, k store.Key) error                    { return f.del(k) }
+
+func loadEvent(t *testing.T, name string) map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "events", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev map[string]any
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func marshal(t *testing.T, ev map[string]any) json.RawMessage {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestErrorCodeTable(t *testing.T) {
+	want := map[broker.Code]int{
+		broker.CodeBadRequest: 400, broker.CodeUnauthorized: 401, broker.CodeForbidden: 403, broker.CodeNotFound: 404,
+		broker.CodeNeedsReauth: 409, broker.CodeProviderError: 502, broker.CodeProviderUnavailable: 503, broker.CodeInternal: 500,
+	}
+	for code, status := range want {
+		core := &fakeCore{token: func(broker.TokenRequest) (*broker.Token, error) { return nil, broker.Errorf(code, "msg for %s", code) }}
+		h := &httpapi.Handler{Core: core}
+		resp, err := h.Connections(context.Background(), marshal(t, loadEvent(t, "token.json")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]string
+		_ = json.Unmarshal([]byte(resp.Body), &body)
+		if resp.StatusCode != status || body["error"] != string(code) || body["message"] != "msg for "+string(code) {
+			t.Errorf("%s: %d %s", code, resp.StatusCode, resp.Body)
+		}
+	}
+	// Anything that is not an application error is "internal error", with no detail.
+	core := &fakeCore{token: func(broker.TokenRequest) (*broker.Token, error) {
+		return nil, errors.New("dynamodb: connection refused at 10.0.0.1 secret=abc")
+	}}
+	resp, _ := (&httpapi.Handler{Core: core}).Connections(context.Background(), marshal(t, loadEvent(t, "token.json")))
+	if resp.StatusCode != 500 || strings.Contains(resp.Body, "dynamodb") || !strings.Contains(resp.Body, `"internal"`) {
+		t.Fatalf("internal error leaked: %s", resp.Body)
+	}
+}
+
+func TestTokenRouteShapesAndParameters(t *testing.T) {
+	var got broker.TokenRequest
+	exp := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+	core := &fakeCore{token: func(r broker.TokenRequest) (*broker.Token, error) {
+		got = r
+		return &broker.Token{Key: r.Key, AccessToken: "tok", TokenType: "Bearer", ExpiresAt: exp, Extra: map[string]string{"openid": "o"}}, nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	resp, _ := h.Connections(context.Background(), marshal(t, loadEvent(t, "token.json")))
+	if resp.StatusCode != 200 || resp.Headers["Cache-Control"] != "no-store" {
+		t.Fatalf("%d %v", resp.StatusCode, resp.Headers)
+	}
+	var body map[string]any
+	_ = json.Unmarshal([]byte(resp.Body), &body)
+	if body["expires_at"] != "2026-11-23T14:00:00Z" || body["access_token"] != "tok" || body["provider"] != "wechat-mp" || body["connection"] != "app" {
+		t.Fatalf("body %s", resp.Body)
+	}
+	for _, field := range []string{"provider", "connection", "access_token", "token_type", "expires_at", "scope", "extra"} {
+		if _, ok := body[field]; !ok {
+			t.Fatalf("field %s missing: %s", field, resp.Body)
+		}
+	}
+	if got.MinTTL != 300*time.Second || got.Caller != "arn:aws:iam::123456789012:role/orders-service" || got.Force {
+		t.Fatalf("request %+v", got)
+	}
+	refresh := loadEvent(t, "refresh.json")
+	_, _ = h.Connections(context.Background(), marshal(t, refresh))
+	if !got.Force {
+		t.Fatal("POST …/refresh did not force")
+	}
+	for _, bad := range []string{"-1", "86401", "1.5", "x"} {
+		ev := loadEvent(t, "token.json")
+		ev["queryStringParameters"] = map[string]any{"min_ttl": bad}
+		resp, _ := h.Connections(context.Background(), marshal(t, ev))
+		if resp.StatusCode != 400 {
+			t.Errorf("min_ttl=%s: %d", bad, resp.StatusCode)
+		}
+	}
+}
+
+func TestMalformedEventsAndIAM(t *testing.T) {
+	core := &fakeCore{token: func(broker.TokenRequest) (*broker.Token, error) { t.Fatal("core reached"); return nil, nil }}
+	h := &httpapi.Handler{Core: core}
+	for name, raw := range map[string]string{
+		"not an object":  `[1,2]`,
+		"wrong types":    `{"requestContext":{"http":{"method":7}}}`,
+		"no method":      `{"rawPath":"/connections/a/b/token"}`,
+		"schedule event": `{"source":"aws.events","detail":{}}`,
+	} {
+		resp, err := h.Connections(context.Background(), json.RawMessage(raw))
+		if err != nil || resp.StatusCode != 400 {
+			t.Errorf("%s: %d %v", name, resp.StatusCode, err)
+		}
+	}
+	resp, _ := h.Connections(context.Background(), marshal(t, loadEvent(t, "token-no-iam.json")))
+	if resp.StatusCode != 401 {
+		t.Fatalf("no IAM: %d", resp.StatusCode)
+	}
+	ev := loadEvent(t, "token.json")
+	ev["pathParameters"] = map[string]any{"provider": "wechat-mp", "connection": "a/b"}
+	if resp, _ := h.Connections(context.Background(), marshal(t, ev)); resp.StatusCode != 400 {
+		t.Fatalf("bad connection: %d", resp.StatusCode)
+	}
+}
+
+func TestAuthorizeBody(t *testing.T) {
+	var got broker.AuthorizeRequest
+	core := &fakeCore{start: func(r broker.AuthorizeRequest) (*broker.AuthorizeResult, error) {
+		got = r
+		return &broker.AuthorizeResult{AuthorizeURL: "https://p/auth", StateExpiresAt: time.Date(2026, 1, 1, 0, 10, 0, 0, time.UTC)}, nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	resp, _ := h.Authorize(context.Background(), marshal(t, loadEvent(t, "authorize.json")))
+	if resp.StatusCode != 200 || !strings.Contains(resp.Body, `"state_expires_at":"2026-01-01T00:10:00Z"`) {
+		t.Fatalf("%d %s", resp.StatusCode, resp.Body)
+	}
+	if got.Key.Connection != "alice" || len(got.Scopes) != 1 || got.RequestBase != "https://abc123.execute-api.us-east-1.amazonaws.com" {
+		t.Fatalf("request %+v", got)
+	}
+	for _, body := range []string{`{"scopes":"x"}`, `{"unknown":1}`, `not json`, `{"scopes":[1]}`} {
+		ev := loadEvent(t, "authorize.json")
+		ev["body"] = body
+		if resp, _ := h.Authorize(context.Background(), marshal(t, ev)); resp.StatusCode != 400 {
+			t.Errorf("body %s: %d", body, resp.StatusCode)
+		}
+	}
+	ev := loadEvent(t, "authorize.json")
+	ev["body"] = "eyJzY29wZXMiOlsiYSJdfQ==" // {"scopes":["a"]}
+	ev["isBase64Encoded"] = true
+	if resp, _ := h.Authorize(context.Background(), marshal(t, ev)); resp.StatusCode != 200 || got.Scopes[0] != "a" {
+		t.Errorf("base64 body: %d %+v", resp.StatusCode, got)
+	}
+}
+
+func TestCallbackRedirects(t *testing.T) {
+	core := &fakeCore{complete: func(r broker.CallbackRequest) (*broker.CallbackResult, error) {
+		if r.State == "bad" {
+			return nil, broker.Errorf(broker.CodeBadRequest, "start again")
+		}
+		res := &broker.CallbackResult{Key: store.Key{Provider: r.Provider, Connection: "alice"}, ReturnTo: "https://app.example.com/done?keep=1"}
+		if r.Error != "" {
+			res.Err = broker.Errorf(broker.CodeForbidden, "denied")
+		}
+		return res, nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	ev := loadEvent(t, "callback.json")
+	resp, _ := h.Callback(context.Background(), marshal(t, ev))
+	loc, _ := url.Parse(resp.Headers["Location"])
+	if resp.StatusCode != http.StatusFound || loc.Query().Get("status") != "connected" || loc.Query().Get("keep") != "1" {
+		t.Fatalf("%d %s", resp.StatusCode, resp.Headers["Location"])
+	}
+	ev["rawQueryString"] = "error=access_denied&state=s"
+	resp, _ = h.Callback(context.Background(), marshal(t, ev))
+	loc, _ = url.Parse(resp.Headers["Location"])
+	if loc.Query().Get("status") != "error" || loc.Query().Get("error") != "forbidden" {
+		t.Fatalf("denied: %s", resp.Headers["Location"])
+	}
+	ev["rawQueryString"] = "code=c&state=bad"
+	resp, _ = h.Callback(context.Background(), marshal(t, ev))
+	if resp.StatusCode != 400 || !strings.Contains(resp.Headers["Content-Type"], "text/html") || !strings.Contains(resp.Body, "start again") {
+		t.Fatalf("bad state for a browser: %d %s", resp.StatusCode, resp.Body)
+	}
+}
