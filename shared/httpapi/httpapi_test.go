@@ -37,7 +37,7 @@ func (f *fakeCore) Token(_ context.Context, r broker.TokenRequest) (*broker.Toke
 	return f.token(r)
 }
 func (f *fakeCore) Status(_ context.Context, k store.Key) (*broker.Status, error) { return f.status(k) }
-func (f *fakeCore) Delete(_ context.Context, k store.Key) error                    { return f.del(k) }
+func (f *fakeCore) Delete(_ context.Context, k store.Key) error                   { return f.del(k) }
 
 func loadEvent(t *testing.T, name string) map[string]any {
 	t.Helper()
