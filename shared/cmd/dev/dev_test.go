@@ -1,0 +1,218 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"tokenbroker/shared/localaws"
+)
+
+// descendants lists every process below pid, from /proc.
+func descendants(pid int) []int {
+	parent := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid …; comm may hold spaces, so cut after ')'.
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(fields) > 1 {
+			parent[p], _ = strconv.Atoi(fields[1])
+		}
+	}
+	var out []int
+	var walk func(int)
+	walk = func(p int) {
+		for child, pp := range parent {
+			if pp == p {
+				out = append(out, child)
+				walk(child)
+			}
+		}
+	}
+	walk(pid)
+	return out
+}
+
+func alive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil && !strings.Contains(string(stat), ") Z ")
+}
+
+func TestDevStackEndToEnd(t *testing.T) {
+	root, err := localaws.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "dev")
+	build := exec.Command("go", "build", "-o", bin, "./shared/cmd/dev")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	port, _ := localaws.FreePort()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	base := "http://" + addr
+	cmd := exec.Command(bin, "-addr", addr, "-refresh-every", "2s")
+	cmd.Dir = root
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_ENDPOINT_URL") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var printed []string
+	ready := time.After(3 * time.Minute)
+wait:
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("make dev exited before it was ready: %v", printed)
+			}
+			printed = append(printed, l)
+			if strings.Contains(l, "The refresher runs every minute") {
+				break wait
+			}
+		case <-ready:
+			t.Fatalf("make dev not ready in 3 minutes: %v", printed)
+		}
+	}
+	all := strings.Join(printed, "\n")
+	for _, want := range []string{base + "/dev/connect/wechat-web/demo", `curl --aws-sigv4 "aws:amz:us-east-1:execute-api"`, base + "/connections/wechat-web/demo/token"} {
+		if !strings.Contains(all, want) {
+			t.Fatalf("try-it block lacks %q:\n%s", want, all)
+		}
+	}
+
+	// A second make dev on the same address says so and leaves.
+	second := exec.Command(bin, "-addr", addr)
+	second.Dir = root
+	out, err := second.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "already in use") {
+		t.Fatalf("second make dev: %v %s", err, out)
+	}
+
+	// The connect flow, as a browser follows it.
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+	resp, err := browser.Get(base + "/dev/connect/wechat-web/demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "is connected") {
+		t.Fatalf("connect flow ended with %d: %s", resp.StatusCode, page)
+	}
+
+	// The token, with a SigV4-signed request (any local credentials).
+	req, _ := http.NewRequest("GET", base+"/connections/wechat-web/demo/token", nil)
+	empty := sha256.Sum256(nil)
+	if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: "local", SecretAccessKey: "local"},
+		req, hex.EncodeToString(empty[:]), "execute-api", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(tok["access_token"].(string), "WXU") || tok["connection"] != "demo" {
+		t.Fatalf("signed token request: %d %v", resp.StatusCode, tok)
+	}
+	resp, err = http.Get(base + "/connections/wechat-web/demo/token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("unsigned request: %d, want 401", resp.StatusCode)
+	}
+
+	// The refresher ticks (every 2 s here) and prints its summary.
+	tickSeen := time.After(30 * time.Second)
+tick:
+	for {
+		select {
+		case l := <-lines:
+			if strings.Contains(l, "refresher:") && strings.Contains(l, `"refreshed"`) {
+				break tick
+			}
+		case <-tickSeen:
+			t.Fatal("no refresher summary printed")
+		}
+	}
+
+	// Ctrl-C stops every process it started.
+	children := descendants(cmd.Process.Pid)
+	if len(children) < 6 { // java, moto, and the function sandboxes at least
+		t.Fatalf("only %d child processes found: %v", len(children), children)
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("make dev did not stop within 30 s of Ctrl-C")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range children {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if alive(pid) {
+			cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			t.Errorf("process %d left running: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	if c, err := (&http.Client{Timeout: time.Second}).Get(base + "/"); err == nil {
+		c.Body.Close()
+		t.Fatal("the local API still answers after Ctrl-C")
+	}
+}

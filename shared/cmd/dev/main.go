@@ -1,0 +1,275 @@
+// Command dev is `make dev`: the whole broker on this machine. It starts
+// DynamoDB Local, moto and the provider emulators, creates the table from
+// template.yaml, seeds demo providers into SSM, builds the four bootstraps
+// and runs them under the Runtime API runner behind a local API Gateway on
+// http://127.0.0.1:3000, runs the refresher every minute, and prints what to
+// open and what to curl. Ctrl-C stops everything it started.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+
+	"tokenbroker/shared/devfront"
+	"tokenbroker/shared/devstack"
+	"tokenbroker/shared/lambdarun"
+	"tokenbroker/shared/localaws"
+)
+
+var functions = map[string]string{
+	"AuthorizeFunction": "authorize", "CallbackFunction": "callback",
+	"TokenFunction": "token", "RefresherFunction": "refresher",
+}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:3000", "where the local API listens")
+	tick := flag.Duration("refresh-every", time.Minute, "how often the refresher runs")
+	flag.Parse()
+	if err := run(*addr, *tick); err != nil {
+		fmt.Fprintln(os.Stderr, "make dev:", err)
+		os.Exit(1)
+	}
+}
+
+// pool hands invokes to a few sandboxes of one function, as Lambda scales
+// out under concurrent requests.
+type pool chan *lambdarun.Runner
+
+func (p pool) invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	select {
+	case r := <-p:
+		defer func() { p <- r }()
+		return r.Invoke(ctx, payload)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func run(addr string, tick time.Duration) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root, err := localaws.ModuleRoot()
+	if err != nil {
+		return err
+	}
+	// Claim the address first: a second make dev stops here with a clear line.
+	listener, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s is already in use — is another `make dev` running? Stop it with Ctrl-C in its terminal, or pass -addr", addr)
+	}
+	defer listener.Close()
+	base := "http://" + listener.Addr().String()
+
+	// make dev owns its stand-ins; endpoints from the shell are not ours.
+	for _, v := range []string{localaws.EnvDynamoDB, localaws.EnvSSM, localaws.EnvEventBridge} {
+		os.Unsetenv(v)
+	}
+	buildDir := filepath.Join(root, ".build", "dev")
+	step("building the four bootstraps for this machine")
+	for _, fn := range functions {
+		cmd := exec.CommandContext(ctx, "go", "build", "-tags", "lambda.norpc", "-trimpath", "-o", filepath.Join(buildDir, fn, "bootstrap"), "./functions/"+fn)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", fn, err, out)
+		}
+	}
+	step("starting DynamoDB Local, moto and the provider emulators")
+	stack, err := devstack.Start(ctx, devstack.Options{PublicBaseURL: base, Root: root, Table: "tokenbroker-dev",
+		Prefix: "/tokenbroker", LogLevel: "info", ReturnToAllowlist: base})
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+	logPath := filepath.Join(buildDir, "functions.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+
+	pools := map[string]pool{}
+	defer func() {
+		for _, p := range pools {
+			for len(p) > 0 {
+				(<-p).Close()
+			}
+		}
+	}()
+	for id, fn := range functions {
+		size := 1
+		if id == "TokenFunction" {
+			size = 4
+		}
+		p := make(pool, size)
+		for i := 0; i < size; i++ {
+			timeout := 30 * time.Second
+			if id == "RefresherFunction" {
+				timeout = 55 * time.Second
+			}
+			r, err := lambdarun.Start(lambdarun.Config{Bootstrap: filepath.Join(buildDir, fn, "bootstrap"), FunctionName: "tokenbroker-" + fn,
+				Env: stack.FunctionEnv, Timeout: timeout, Stdout: logFile, Stderr: logFile})
+			if err != nil {
+				return err
+			}
+			p <- r
+		}
+		pools[id] = p
+	}
+	routes, err := devfront.Routes(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		return err
+	}
+	invoke := func(ctx context.Context, function string, payload []byte) ([]byte, error) {
+		p, ok := pools[function]
+		if !ok {
+			return nil, fmt.Errorf("no function %s", function)
+		}
+		return p.invoke(ctx, payload)
+	}
+	front := &devfront.Front{Routes: routes, Invoke: invoke, Domain: listener.Addr().String()}
+	mux := http.NewServeMux()
+	mux.Handle("/", front)
+	mux.HandleFunc("GET /dev/connect/{provider}/{connection}", func(w http.ResponseWriter, r *http.Request) {
+		connectHelper(w, r, invoke, base)
+	})
+	mux.HandleFunc("GET /dev/connected", func(w http.ResponseWriter, r *http.Request) {
+		connectedPage(w, r, base)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(listener) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	go refresher(ctx, pools["RefresherFunction"], tick)
+	printTryIt(base, stack, logPath)
+	<-ctx.Done()
+	fmt.Println("\nstopping: the local API, the functions, the emulators, moto and DynamoDB Local")
+	return nil
+}
+
+func step(msg string) { fmt.Println("· " + msg) }
+
+func refresher(ctx context.Context, p pool, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			ev, _ := json.Marshal(map[string]any{"version": "0", "detail-type": "Scheduled Event", "source": "aws.events",
+				"time": time.Now().UTC().Format(time.RFC3339), "detail": map[string]any{}})
+			out, err := p.invoke(ctx, ev)
+			if err != nil {
+				if ctx.Err() == nil {
+					fmt.Fprintln(os.Stderr, "refresher:", err)
+				}
+				continue
+			}
+			fmt.Printf("%s refresher: %s\n", time.Now().Format("15:04:05"), out)
+		}
+	}
+}
+
+// connectHelper lets a browser start a connect flow: it calls the
+// authorize function as an IAM caller would and redirects to the provider.
+func connectHelper(w http.ResponseWriter, r *http.Request, invoke devfront.Invoker, base string) {
+	prov, conn := r.PathValue("provider"), r.PathValue("connection")
+	body, _ := json.Marshal(map[string]any{"return_to": base + "/dev/connected"})
+	path := "/connections/" + url.PathEscape(prov) + "/" + url.PathEscape(conn) + "/authorize"
+	ev := events.APIGatewayV2HTTPRequest{
+		Version: "2.0", RouteKey: "POST /connections/{provider}/{connection}/authorize", RawPath: path, Body: string(body),
+		PathParameters: map[string]string{"provider": prov, "connection": conn}, Headers: map[string]string{},
+		RequestContext: events.APIGatewayV2HTTPRequestContext{DomainName: strings.TrimPrefix(base, "http://"), Stage: "$default",
+			HTTP: events.APIGatewayV2HTTPRequestContextHTTPDescription{Method: "POST", Path: path},
+			Authorizer: &events.APIGatewayV2HTTPRequestContextAuthorizerDescription{IAM: &events.APIGatewayV2HTTPRequestContextAuthorizerIAMDescription{
+				AccessKey: "local", UserARN: "arn:aws:iam::000000000000:user/make-dev"}}},
+	}
+	payload, _ := json.Marshal(ev)
+	out, err := invoke(r.Context(), "AuthorizeFunction", payload)
+	var resp events.APIGatewayV2HTTPResponse
+	if err == nil {
+		err = json.Unmarshal(out, &resp)
+	}
+	var answer struct {
+		AuthorizeURL string `json:"authorize_url"`
+		Message      string `json:"message"`
+	}
+	if err == nil {
+		_ = json.Unmarshal([]byte(resp.Body), &answer)
+	}
+	if err != nil || resp.StatusCode != http.StatusOK {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(http.StatusBadRequest)
+		msg := answer.Message
+		if err != nil {
+			msg = err.Error()
+		}
+		_, _ = io.WriteString(w, "<!doctype html><title>cannot connect</title><h1>Cannot start the authorization</h1><p>"+html.EscapeString(msg)+"</p>")
+		return
+	}
+	http.Redirect(w, r, answer.AuthorizeURL, http.StatusFound)
+}
+
+func connectedPage(w http.ResponseWriter, r *http.Request, base string) {
+	q := r.URL.Query()
+	prov, conn, status := q.Get("provider"), q.Get("connection"), q.Get("status")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if status != "connected" {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, "<!doctype html><title>not connected</title><h1>Not connected</h1><p>"+
+			html.EscapeString(q.Get("error")+": "+q.Get("message"))+"</p>")
+		return
+	}
+	curl := curlLine(base, prov, conn)
+	_, _ = io.WriteString(w, "<!doctype html><title>connected</title><h1>"+html.EscapeString(prov+" / "+conn)+" is connected</h1>"+
+		"<p>Fetch its token:</p><pre>"+html.EscapeString(curl)+"</pre>")
+}
+
+func curlLine(base, prov, conn string) string {
+	return fmt.Sprintf(`curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "local:local" %s/connections/%s/%s/token`, base, prov, conn)
+}
+
+func printTryIt(base string, stack *devstack.Stack, logPath string) {
+	fmt.Printf(`
+tokenbroker is running at %[1]s  (Ctrl-C stops everything)
+
+Connect a user (open in a browser; the emulated provider consents at once):
+  WeChat web   %[1]s/dev/connect/%[2]s/demo
+  SinaCloud    %[1]s/dev/connect/%[3]s/demo
+  OAuth2       %[1]s/dev/connect/%[4]s/demo
+
+Then fetch the token (any local credentials; an unsigned request gets 401):
+  %[5]s
+
+The WeChat global token needs no user:
+  %[6]s
+
+Status, refresh, delete:  GET|POST …/refresh|DELETE %[1]s/connections/{provider}/{connection}
+Function logs:            %[7]s
+Emulators:                WeChat %[8]s  SinaCloud %[9]s  OAuth2 %[10]s
+The refresher runs every minute and prints its summary here.
+`, base, devstack.WeChatWeb, devstack.SinaCloud, devstack.OAuth2,
+		curlLine(base, devstack.WeChatWeb, "demo"), curlLine(base, devstack.WeChatMP, "app"), logPath,
+		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"])
+}
