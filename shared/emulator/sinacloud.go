@@ -164,3 +164,13 @@ func (e *SinaCloud) api(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
+
+// IssueGrant mints an access and a refresh token as a code exchange would,
+// for seeding many connections quickly (benchmarks, bulk tests).
+func (e *SinaCloud) IssueGrant() (access, refresh string, expiresIn time.Duration) {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	g := e.grant(now)
+	return g["access_token"].(string), g["refresh_token"].(string), e.AccessTTL
+}

@@ -13,7 +13,8 @@ import (
 	"strconv"
 	"strings"
 
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
@@ -68,9 +69,9 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 	if err != nil {
 		return nil, log, err
 	}
-	cfg, err := awsconfig.LoadDefaultConfig(ctx)
+	cfg, err := awsConfig(get)
 	if err != nil {
-		return nil, log, fmt.Errorf("setup: AWS configuration: %w", err)
+		return nil, log, err
 	}
 	var allow []string
 	for _, o := range strings.Split(get("RETURN_TO_ALLOWLIST", ""), ",") {
@@ -79,18 +80,55 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 		}
 	}
 	b := &broker.Broker{
-		Store:               &store.Store{DB: dynamodb.NewFromConfig(cfg), Table: table, Shards: shards},
-		Config:              &config.Loader{SSM: ssm.NewFromConfig(cfg), Prefix: get("SSM_PREFIX", config.DefaultPrefix)},
-		HTTP:                &http.Client{Timeout: provider.DefaultTimeout},
-		Log:                 log,
-		Metrics:             &telemetry.Metrics{W: os.Stdout},
-		Notifier:            &telemetry.EventBridge{Client: eventbridge.NewFromConfig(cfg), Bus: get("EVENT_BUS_NAME", "default")},
+		Store: &store.Store{DB: dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
+			o.BaseEndpoint = endpoint(get, "DYNAMODB")
+		}), Table: table, Shards: shards},
+		Config: &config.Loader{SSM: ssm.NewFromConfig(cfg, func(o *ssm.Options) {
+			o.BaseEndpoint = endpoint(get, "SSM")
+		}), Prefix: get("SSM_PREFIX", config.DefaultPrefix)},
+		HTTP:    &http.Client{Timeout: provider.DefaultTimeout},
+		Log:     log,
+		Metrics: &telemetry.Metrics{W: os.Stdout},
+		Notifier: &telemetry.EventBridge{Client: eventbridge.NewFromConfig(cfg, func(o *eventbridge.Options) {
+			o.BaseEndpoint = endpoint(get, "EVENTBRIDGE")
+		}), Bus: get("EVENT_BUS_NAME", "default")},
 		PublicBaseURL:       strings.TrimRight(get("PUBLIC_BASE_URL", ""), "/"),
 		ReturnToAllowlist:   allow,
 		Concurrency:         concurrency,
 		ProviderConcurrency: providerConcurrency,
 	}
 	return b, log, nil
+}
+
+// awsConfig builds the SDK configuration from the environment Lambda
+// provides: AWS_REGION and the execution role's credentials in
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN. In Lambda
+// that is exactly what config.LoadDefaultConfig resolves to; building it
+// here leaves out the shared-file, SSO, STS and IMDS providers that can
+// never apply, which keeps each bootstrap about a megabyte smaller.
+func awsConfig(get func(string, string) string) (aws.Config, error) {
+	region := get("AWS_REGION", get("AWS_DEFAULT_REGION", ""))
+	if region == "" {
+		return aws.Config{}, fmt.Errorf("setup: AWS_REGION is not set (Lambda sets it; set it for local runs)")
+	}
+	key, secret := get("AWS_ACCESS_KEY_ID", ""), get("AWS_SECRET_ACCESS_KEY", "")
+	if key == "" || secret == "" {
+		return aws.Config{}, fmt.Errorf("setup: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set (Lambda sets them from the execution role; set them for local runs)")
+	}
+	return aws.Config{
+		Region:      region,
+		Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(key, secret, get("AWS_SESSION_TOKEN", ""))),
+	}, nil
+}
+
+// endpoint honours the SDK's service-specific override
+// (AWS_ENDPOINT_URL_<SERVICE>, then AWS_ENDPOINT_URL), as the local
+// stand-ins need.
+func endpoint(get func(string, string) string, service string) *string {
+	if v := get("AWS_ENDPOINT_URL_"+service, get("AWS_ENDPOINT_URL", "")); v != "" {
+		return &v
+	}
+	return nil
 }
 
 // Fail reports a setup error the way Lambda shows init failures (the
