@@ -514,3 +514,30 @@ func TestEMFLinesAreWellFormed(t *testing.T) {
 		}
 	}
 }
+
+func TestWeChatTokenModeReportsWhenTheOldTokenDies(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	name := localaws.UniqueName("wxt")
+	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": devstack.WeChatAppID,
+		"api_base": stack.EmulatorURLs["wechat"], "token_api": "token"}, devstack.WeChatSecret); err != nil {
+		t.Fatal(err)
+	}
+	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	k := store.Key{Provider: name, Connection: broker.MachineConnection}
+	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := f.store.Get(ctx, k, true)
+	// Refreshed 600 s ahead, the old token dies 300 s later: 300 s before its nominal expiry.
+	if c.RefreshAt.Unix() != c.ExpiresAt.Unix()-600 || tok.ExpiresAt.Unix() != c.ExpiresAt.Unix()-300 {
+		t.Fatalf("stored expiry %v refresh_at %v, reported %v", c.ExpiresAt, c.RefreshAt, tok.ExpiresAt)
+	}
+	// A caller wanting more than what is left of that effective life gets the next token.
+	f.clock.Add(c.RefreshAt.Sub(f.clock.Now()) + time.Minute)
+	next, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 5 * time.Minute})
+	if err != nil || next.AccessToken == tok.AccessToken {
+		t.Fatalf("after refresh_at: %v, same token %v", err, next != nil && next.AccessToken == tok.AccessToken)
+	}
+}

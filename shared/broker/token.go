@@ -74,7 +74,7 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 		"provider", req.Key.Provider, "connection", req.Key.Connection,
 		"token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
 	return &Token{Key: conn.Key, AccessToken: conn.AccessToken, TokenType: conn.TokenType,
-		ExpiresAt: conn.ExpiresAt, Scope: conn.Scope, Extra: conn.Extra}, nil
+		ExpiresAt: effectiveExpiry(e.cfg, conn), Scope: conn.Scope, Extra: conn.Extra}, nil
 }
 
 func asAppError(err error, what string) error {
@@ -102,12 +102,26 @@ func (b *Broker) firstMachineToken(ctx context.Context, e *env, k store.Key) (*s
 	return b.refreshHeld(ctx, e, conn)
 }
 
+// effectiveExpiry is when the token stops working. WeChat's cgi-bin/token
+// kills the previous token five minutes after issuing a new one, so a token
+// the broker plans to replace at refresh_at dies at refresh_at + 5 min,
+// before its nominal expiry; callers that cache must know that.
+func effectiveExpiry(cfg provider.Config, c *store.Connection) time.Time {
+	if cfg.Kind == provider.KindWeChatMP && cfg.TokenAPI == "token" && !c.RefreshAt.IsZero() && !c.ExpiresAt.IsZero() {
+		if dies := c.RefreshAt.Add(provider.WeChatStableRenewWindow * time.Second); dies.Before(c.ExpiresAt) {
+			return dies
+		}
+	}
+	return c.ExpiresAt
+}
+
 // usable reports whether c can be handed out for at least minTTL.
-func usable(c *store.Connection, minTTL time.Duration, now time.Time) bool {
+func usable(cfg provider.Config, c *store.Connection, minTTL time.Duration, now time.Time) bool {
 	if c.Status != store.StatusActive || c.AccessToken == "" {
 		return false
 	}
-	return c.ExpiresAt.IsZero() || !c.ExpiresAt.Before(now.Add(minTTL))
+	exp := effectiveExpiry(cfg, c)
+	return exp.IsZero() || !exp.Before(now.Add(minTTL))
 }
 
 // ensureFresh is DESIGN.md's refresh protocol: use a valid token; else take
@@ -129,7 +143,7 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, m
 		if c.Status == store.StatusNeedsReauth && !(force && e.cfg.Machine()) {
 			return nil, needsReauth(c)
 		}
-		if !force && usable(c, minTTL, now) {
+		if !force && usable(e.cfg, c, minTTL, now) {
 			return c, nil
 		}
 		if c.Status == store.StatusActive && c.RefreshToken == "" && !e.cfg.Machine() {
@@ -165,7 +179,7 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, m
 		if err != nil {
 			return nil, asAppError(err, "connection")
 		}
-		if next.Version != c.Version && next.Status != store.StatusNeedsReauth && !usable(next, minTTL, b.now()) && next.LastError != "" && !next.Leased(b.now()) {
+		if next.Version != c.Version && next.Status != store.StatusNeedsReauth && !usable(e.cfg, next, minTTL, b.now()) && next.LastError != "" && !next.Leased(b.now()) {
 			// The holder failed transiently and recorded it: report that
 			// instead of hammering the provider from every waiter.
 			return nil, Errorf(CodeProviderUnavailable, "refreshing %s failed: %s", c.Key, next.LastError)

@@ -174,8 +174,11 @@ func (e *WeChat) token(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok, "expires_in": int(WeChatTokenTTL.Seconds())})
 }
 
-// stableToken returns the current token unchanged while it is valid; only
-// force_refresh (20 a day, 30 s apart) replaces it early.
+// stableToken returns the current token unchanged while more than five
+// minutes of it remain; in its last five minutes a call gets a new token
+// (the old one keeps working until its own expiry), so every answer is
+// valid for at least 300 s. force_refresh (20 a day, 30 s apart) replaces
+// it at once.
 func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		errcode(w, 43002, "require POST method")
@@ -203,7 +206,7 @@ func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	exp, valid := e.global[e.current]
-	valid = valid && now.Before(exp)
+	valid = valid && now.Add(WeChatOverlap).Before(exp)
 	if body.ForceRefresh {
 		if e.forcedToday >= 20 || now.Sub(e.lastForced) < weChatForceMinGap {
 			errcode(w, 45009, "reach max api daily quota limit")

@@ -90,6 +90,10 @@ func Presets() []string {
 	return names
 }
 
+// WeChatStableRenewWindow is how long before expiry stable_token (normal
+// mode) starts returning a new token, in seconds.
+const WeChatStableRenewWindow = 300
+
 const (
 	defaultWeChatAPI       = "https://api.weixin.qq.com"
 	defaultWeChatAuthorize = "https://open.weixin.qq.com/connect/oauth2/authorize"
@@ -144,7 +148,14 @@ func (c *Config) applyDefaults() error {
 		setDefault(&c.APIBase, defaultWeChatAPI)
 		setDefault(&c.TokenAPI, "stable_token")
 		if c.RefreshLeadSeconds == 0 {
+			// cgi-bin/token issues a new token on every call: 600 s ahead is
+			// about 13 calls a day. stable_token in normal mode hands back the
+			// same token until its last five minutes, so a refresh must land
+			// inside that window to get a new one.
 			c.RefreshLeadSeconds = 600
+			if c.TokenAPI == "stable_token" {
+				c.RefreshLeadSeconds = WeChatStableRenewWindow - 60
+			}
 		}
 		if c.DailyQuotaBudget == 0 {
 			c.DailyQuotaBudget = 1500

@@ -457,8 +457,11 @@ func TestParseConfig(t *testing.T) {
 		t.Fatalf("google override = %+v", g)
 	}
 	mp := mustConfig(t, "wx", `{"kind":"wechat_mp","client_id":"x"}`)
-	if mp.TokenAPI != "stable_token" || mp.RefreshLeadSeconds != 600 || mp.DailyQuotaBudget != 1500 || !mp.Machine() {
+	if mp.TokenAPI != "stable_token" || mp.RefreshLeadSeconds != 240 || mp.DailyQuotaBudget != 1500 || !mp.Machine() {
 		t.Fatalf("wechat_mp defaults = %+v", mp)
+	}
+	if legacy := mustConfig(t, "wx", `{"kind":"wechat_mp","client_id":"x","token_api":"token"}`); legacy.RefreshLeadSeconds != 600 {
+		t.Fatalf("cgi-bin/token lead = %d, want 600", legacy.RefreshLeadSeconds)
 	}
 	for name, doc := range map[string]string{
 		"not json":        `kind=oauth2`,
@@ -480,5 +483,29 @@ func TestParseConfig(t *testing.T) {
 				t.Fatalf("accepted %s", doc)
 			}
 		})
+	}
+}
+
+func TestStableTokenRenewsInItsLastFiveMinutes(t *testing.T) {
+	emu := emulator.NewWeChat("wxapp", "s3cret")
+	srv := httptest.NewServer(emu)
+	defer srv.Close()
+	c := newClient(t, mustConfig(t, "wx", `{"kind":"wechat_mp","client_id":"wxapp","api_base":"`+srv.URL+`"}`), "s3cret")
+	first, err := c.MachineToken(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lead := time.Duration(c.Config().RefreshLeadSeconds) * time.Second
+	// Where the refresher's lead puts the next call: inside the window.
+	emu.SetClock(func() time.Time { return time.Now().Add(2*time.Hour - lead) })
+	second, err := c.MachineToken(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.AccessToken == first.AccessToken || emu.GlobalTokenCalls() != 2 {
+		t.Fatal("a call inside the last five minutes must return a new token")
+	}
+	if !emu.ValidGlobal(first.AccessToken) || !emu.ValidGlobal(second.AccessToken) {
+		t.Fatal("old and new must both work during the hand-over")
 	}
 }
