@@ -22,17 +22,16 @@ type WeChat struct {
 
 	globalIssued int
 	// valid global tokens and when each stops working
-	global        map[string]time.Time
-	current       string
-	forcedToday   int
-	lastForced    time.Time
-	codes         map[string]*wechatCode
-	refresh       map[string]*wechatGrant
-	userTokens    map[string]time.Time
-	users         int
-	quotaDay      string
-	quotaUsed     int
-	tokenAPICalls int
+	global      map[string]time.Time
+	current     string
+	forcedToday int
+	lastForced  time.Time
+	codes       map[string]*wechatCode
+	refresh     map[string]*wechatGrant
+	userTokens  map[string]time.Time
+	users       int
+	quotaDay    string
+	quotaUsed   int
 }
 
 type wechatCode struct {
