@@ -8,8 +8,8 @@ package httpapi
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html"
 	"log/slog"
@@ -180,7 +180,7 @@ func body(ev *request) ([]byte, error) {
 	if !ev.IsBase64Encoded {
 		return []byte(ev.Body), nil
 	}
-	return decodeBase64(ev.Body)
+	return base64.StdEncoding.DecodeString(ev.Body)
 }
 
 func rfc3339(t time.Time) any {
@@ -376,5 +376,3 @@ func (h *Handler) token(ctx context.Context, req broker.TokenRequest) Response {
 	return jsonResponse(http.StatusOK, tokenBody{Provider: tok.Key.Provider, Connection: tok.Key.Connection, AccessToken: tok.AccessToken,
 		TokenType: tok.TokenType, ExpiresAt: rfc3339(tok.ExpiresAt), Scope: tok.Scope, Extra: extra})
 }
-
-var errBase64 = errors.New("bad base64")

@@ -264,3 +264,17 @@ func UniqueName(prefix string) string {
 func SSMClient(endpoint string) *ssm.Client {
 	return ssm.NewFromConfig(Config(), func(o *ssm.Options) { o.BaseEndpoint = aws.String(endpoint) })
 }
+
+// RunTests is a TestMain body: it runs the tests with the stand-ins in
+// the environment (make test starts them once) or with fresh ones it stops
+// afterwards, stores their endpoints in into, and returns the exit code.
+func RunTests(run func() int, into *Endpoints) int {
+	ep, stop, err := Setup(context.Background())
+	defer stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*into = ep
+	return run()
+}

@@ -221,19 +221,8 @@ func (s *Store) Create(ctx context.Context, c *Connection) error {
 	if err != nil {
 		return err
 	}
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
-	})
-	if isConditionFailed(err) {
-		return fmt.Errorf("%w: connection %s", ErrAlreadyExists, c.Key)
-	}
-	if err != nil {
-		return fmt.Errorf("store: create %s: %w", c.Key, err)
+	if err := s.putIfAbsent(ctx, av); err != nil {
+		return fmt.Errorf("%w: connection %s", err, c.Key)
 	}
 	return nil
 }
@@ -291,16 +280,8 @@ func (s *Store) AcquireLease(ctx context.Context, k Key, version int64, owner st
 		))
 	upd := expression.Set(expression.Name("lease_owner"), expression.Value(owner)).
 		Set(expression.Name("lease_until"), expression.Value(until.UnixMilli()))
-	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: aws.String(s.Table), Key: keyAttr(k.pk()),
-		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
-		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-	})
-	if isConditionFailed(err) {
+	failed, err := s.conditionalUpdate(ctx, k.pk(), cond, upd)
+	if failed {
 		return fmt.Errorf("%w: %s at version %d", ErrLeaseNotGranted, k, version)
 	}
 	if err != nil {
@@ -360,21 +341,50 @@ func (s *Store) MarkNeedsReauth(ctx context.Context, k Key, expect int64, reason
 }
 
 func (s *Store) updateAtVersion(ctx context.Context, k Key, expect int64, upd expression.UpdateBuilder, what string) error {
-	e, err := buildExpr(expression.NewBuilder().WithUpdate(upd).
-		WithCondition(expression.Name("version").Equal(expression.Value(expect))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: aws.String(s.Table), Key: keyAttr(k.pk()),
-		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
-		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-	})
-	if isConditionFailed(err) {
+	failed, err := s.conditionalUpdate(ctx, k.pk(), expression.Name("version").Equal(expression.Value(expect)), upd)
+	if failed {
 		return fmt.Errorf("%w: %s %s at version %d", ErrVersionConflict, what, k, expect)
 	}
 	if err != nil {
 		return fmt.Errorf("store: %s %s: %w", what, k, err)
+	}
+	return nil
+}
+
+// conditionalUpdate applies upd to the item under pk if cond holds, and
+// reports whether the condition failed.
+func (s *Store) conditionalUpdate(ctx context.Context, pk string, cond expression.ConditionBuilder, upd expression.UpdateBuilder) (conditionFailed bool, err error) {
+	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
+	if err != nil {
+		return false, err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(pk),
+		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
+		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	if isConditionFailed(err) {
+		return true, nil
+	}
+	return false, err
+}
+
+// putIfAbsent writes an item only where none exists under its key:
+// ErrAlreadyExists otherwise.
+func (s *Store) putIfAbsent(ctx context.Context, av map[string]types.AttributeValue) error {
+	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
+	if err != nil {
+		return err
+	}
+	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: aws.String(s.Table), Item: av,
+		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
+	})
+	if isConditionFailed(err) {
+		return ErrAlreadyExists
+	}
+	if err != nil {
+		return fmt.Errorf("store: put: %w", err)
 	}
 	return nil
 }

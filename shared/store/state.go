@@ -89,19 +89,8 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 	if err != nil {
 		return fmt.Errorf("store: marshal state: %w", err)
 	}
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
-	})
-	if isConditionFailed(err) {
-		return fmt.Errorf("%w: state collision", ErrAlreadyExists)
-	}
-	if err != nil {
-		return fmt.Errorf("store: put state: %w", err)
+	if err := s.putIfAbsent(ctx, av); err != nil {
+		return fmt.Errorf("%w: state", err)
 	}
 	return nil
 }

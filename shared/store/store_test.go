@@ -24,17 +24,7 @@ import (
 
 var endpoints localaws.Endpoints
 
-func TestMain(m *testing.M) {
-	ep, stop, err := localaws.Setup(context.Background())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	endpoints = ep
-	code := m.Run()
-	stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(localaws.RunTests(m.Run, &endpoints)) }
 
 func testRing(t testing.TB) *sealing.Ring {
 	t.Helper()
