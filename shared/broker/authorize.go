@@ -135,9 +135,6 @@ type CallbackResult struct {
 // The returned error is set when there is nowhere to send the user back
 // (bad or replayed state); otherwise the outcome is in the result.
 func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest) (*CallbackResult, error) {
-	if !store.ValidID(req.Provider) {
-		return nil, Errorf(CodeBadRequest, "provider name must match [A-Za-z0-9._-]{1,128}")
-	}
 	if req.State == "" {
 		return nil, Errorf(CodeBadRequest, "the callback has no state; start the authorization again")
 	}

@@ -74,10 +74,10 @@ type Broker struct {
 	Now                 func() time.Time
 	Rand                io.Reader
 
-	owner   string
-	initMu  sync.Mutex
-	cacheMu sync.Mutex
-	cache   *snapshotCache
+	owner     string
+	ownerOnce sync.Once
+	cacheMu   sync.Mutex
+	cache     *snapshotCache
 }
 
 // snapshotCache holds what is derived from one configuration snapshot.
@@ -118,13 +118,11 @@ func (b *Broker) lease() time.Duration {
 // leaseOwner names this process in lease fields: random per instance, so
 // an operator can tell which instance holds a lease.
 func (b *Broker) leaseOwner() string {
-	b.initMu.Lock()
-	defer b.initMu.Unlock()
-	if b.owner == "" {
+	b.ownerOnce.Do(func() {
 		buf := make([]byte, 8)
 		_, _ = io.ReadFull(b.random(), buf)
 		b.owner = "tb-" + hex.EncodeToString(buf)
-	}
+	})
 	return b.owner
 }
 

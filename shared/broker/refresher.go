@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"tokenbroker/shared/provider"
 	"tokenbroker/shared/store"
 )
 
@@ -135,8 +134,6 @@ func (b *Broker) refreshOne(ctx context.Context, conn *store.Connection) outcome
 		return outcomeRefreshed
 	case ErrorCode(err) == CodeNeedsReauth:
 		return outcomeReauth
-	case provider.ClassOf(err) == provider.ClassConfig:
-		return outcomeFailed
 	}
 	return outcomeFailed
 }

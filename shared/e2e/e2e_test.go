@@ -288,6 +288,7 @@ func TestStampedeOneRefresh(t *testing.T) {
 func TestDeleteRevokesAndForgets(t *testing.T) {
 	f := fns(t)
 	connect(t, f, devstack.OAuth2, "to-delete")
+	revokes := stack.OAuth2.Calls("/revoke")
 	tok := tokenOf(t, f.token, devstack.OAuth2, "to-delete", "")
 	expectStatus(t, tok, 200, "")
 	del := invoke(t, f.token, request{method: "DELETE", path: "/connections/oauth2/to-delete", iam: true})
@@ -295,8 +296,8 @@ func TestDeleteRevokesAndForgets(t *testing.T) {
 		t.Fatalf("delete: %d %s", del.StatusCode, del.Body)
 	}
 	expectStatus(t, tokenOf(t, f.token, devstack.OAuth2, "to-delete", ""), 404, "not_found")
-	if stack.OAuth2.Calls("/revoke") == 0 {
-		t.Fatal("delete did not revoke at the provider")
+	if got := stack.OAuth2.Calls("/revoke") - revokes; got != 1 {
+		t.Fatalf("delete revoked %d times at the provider, want exactly 1", got)
 	}
 }
 

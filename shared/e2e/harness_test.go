@@ -104,8 +104,8 @@ func closeRunners() {
 	runners = nil
 }
 
-// startFunction starts one sandbox of fn, closed when the test ends.
-func startFunction(t testing.TB, fn string, env map[string]string) *lambdarun.Runner {
+// newSandbox starts one sandbox of fn with the stack's environment plus env.
+func newSandbox(t testing.TB, fn string, env map[string]string) *lambdarun.Runner {
 	t.Helper()
 	fullEnv := map[string]string{}
 	for k, v := range stack.FunctionEnv {
@@ -122,6 +122,13 @@ func startFunction(t testing.TB, fn string, env map[string]string) *lambdarun.Ru
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// startFunction starts one sandbox of fn, closed when the test ends.
+func startFunction(t testing.TB, fn string, env map[string]string) *lambdarun.Runner {
+	t.Helper()
+	r := newSandbox(t, fn, env)
 	t.Cleanup(r.Close)
 	return r
 }
@@ -272,10 +279,7 @@ var (
 func fns(t testing.TB) *functions {
 	sharedFnsOnce.Do(func() {
 		start := func(fn string) *lambdarun.Runner {
-			r, err := lambdarun.Start(lambdarun.Config{Bootstrap: bootstraps[fn], FunctionName: fn, Env: stack.FunctionEnv, Timeout: 55 * time.Second, Stdout: logs, Stderr: logs})
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := newSandbox(t, fn, nil)
 			runnersMu.Lock()
 			runners = append(runners, r)
 			runnersMu.Unlock()
