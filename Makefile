@@ -4,7 +4,7 @@
 SHELL         := /bin/bash
 GO            ?= go
 ARTIFACTS_DIR ?= .build/artifacts
-DDB_DIR       := shared/localaws/dynamodb-local
+DDB_DIR       := shared/local/localaws/dynamodb-local
 DDB_STAMP     := $(DDB_DIR)/node_modules/.installed
 GO_BUILD      := GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags="-s -w"
 EVENT         ?= events/token.json
@@ -50,7 +50,7 @@ test: deps
 	  [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	cfn-lint template.yaml
-	$(GO) run ./shared/cmd/standins -- $(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) run ./shared/local/cmd/standins -- $(GO) test -race -count=1 -timeout 20m ./...
 
 ## unit: the tests that need no stand-ins
 unit:
@@ -65,18 +65,18 @@ lint:
 
 ## bench: benchmarks against DynamoDB Local and the emulators; rewrites BENCHMARKS.md
 bench: deps
-	$(GO) run ./shared/cmd/standins -- $(GO) run ./shared/cmd/bench -out BENCHMARKS.md
+	$(GO) run ./shared/local/cmd/standins -- $(GO) run ./shared/local/cmd/bench -out BENCHMARKS.md
 
 ## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it)
 dev: deps
-	$(GO) run ./shared/cmd/dev
+	$(GO) run ./shared/local/cmd/dev
 
 ## invoke-<fn>: run the real bootstrap of <fn> (authorize, callback, token,
 ## refresher) with EVENT=events/….json against a throwaway local stack
 invoke-%: deps
 	@mkdir -p .build/local
 	CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -o .build/local/$*/bootstrap ./functions/$*
-	$(GO) run ./shared/cmd/invoke -bootstrap .build/local/$*/bootstrap -function $* -event $(EVENT)
+	$(GO) run ./shared/local/cmd/invoke -bootstrap .build/local/$*/bootstrap -function $* -event $(EVENT)
 
 clean:
 	rm -rf .build .aws-sam

@@ -21,9 +21,9 @@ import (
 
 	"tokenbroker/shared/broker"
 	"tokenbroker/shared/config"
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/emulator"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/emulator"
+	"tokenbroker/shared/local/localaws"
 	"tokenbroker/shared/setup"
 	"tokenbroker/shared/store"
 	"tokenbroker/shared/telemetry"

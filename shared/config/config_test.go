@@ -15,7 +15,7 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"tokenbroker/shared/config"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/localaws"
 )
 
 var endpoints localaws.Endpoints

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/emulator"
+	"tokenbroker/shared/local/emulator"
 	"tokenbroker/shared/provider"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/localaws"
 	"tokenbroker/shared/sealing"
 	"tokenbroker/shared/store"
 )

@@ -13,8 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/devstack"
 	"tokenbroker/shared/httpapi"
+	"tokenbroker/shared/local/devstack"
 	"tokenbroker/shared/store"
 )
 

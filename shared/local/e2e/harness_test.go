@@ -17,9 +17,9 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
+	"tokenbroker/shared/local/localaws"
 )
 
 const publicBase = "https://broker.example.test"

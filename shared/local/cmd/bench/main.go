@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/localaws"
 )
 
 func main() {
@@ -98,7 +98,7 @@ are context, because these machines are shared and noisy.
 | date | %s |
 | machine | %d cores (nproc), %s memory, %s/%s |
 | Go | %s |
-| command | `+"`make bench`"+` (`+"`go run ./shared/cmd/standins -- go run ./shared/cmd/bench`"+`) |
+| command | `+"`make bench`"+` (`+"`go run ./shared/local/cmd/standins -- go run ./shared/local/cmd/bench`"+`) |
 `, time.Since(start).Round(time.Second), time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	doc := header + "\n" + strings.Join(rep.sections, "\n")
 	if !filepath.IsAbs(outPath) {

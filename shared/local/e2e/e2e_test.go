@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
 )
 
 func TestConnectFlowEachKind(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 
 	"tokenbroker/shared/broker"
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
 	"tokenbroker/shared/store"
 )
 

@@ -3,7 +3,7 @@
 // stack (DynamoDB Local, moto, the provider emulators, demo providers in
 // SSM). It prints the function's answer on stdout and its logs on stderr.
 //
-//	go run ./shared/cmd/invoke -bootstrap .build/local/token/bootstrap -function token -event events/token.json
+//	go run ./shared/local/cmd/invoke -bootstrap .build/local/token/bootstrap -function token -event events/token.json
 package main
 
 import (
@@ -14,8 +14,8 @@ import (
 	"os"
 	"time"
 
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
 )
 
 func main() {

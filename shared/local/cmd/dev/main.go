@@ -26,10 +26,10 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/devfront"
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
-	"tokenbroker/shared/localaws"
+	"tokenbroker/shared/local/devfront"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
+	"tokenbroker/shared/local/localaws"
 )
 
 var functions = map[string]string{

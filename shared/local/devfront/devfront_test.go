@@ -11,11 +11,11 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/devfront"
+	"tokenbroker/shared/local/devfront"
 )
 
 func TestRoutesComeFromTheTemplate(t *testing.T) {
-	routes, err := devfront.Routes("../../template.yaml")
+	routes, err := devfront.Routes("../../../template.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestRoutesComeFromTheTemplate(t *testing.T) {
 }
 
 func TestFrontBuildsEventsAndChecksSigV4(t *testing.T) {
-	routes, err := devfront.Routes("../../template.yaml")
+	routes, err := devfront.Routes("../../../template.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/devstack"
-	"tokenbroker/shared/lambdarun"
+	"tokenbroker/shared/local/devstack"
+	"tokenbroker/shared/local/lambdarun"
 	"tokenbroker/shared/store"
 )
 

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"tokenbroker/shared/devstack"
+	"tokenbroker/shared/local/devstack"
 	"tokenbroker/shared/store"
 )
 
