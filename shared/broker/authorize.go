@@ -173,7 +173,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now}
 	applyTokens(conn, ts)
 	scheduleRefresh(conn, e.cfg, now)
-	if err := b.replace(ctx, e.store, conn); err != nil {
+	if _, err := b.storeGrant(ctx, e.store, conn, "callback"); err != nil {
 		res.Err = err
 		return res, nil
 	}
@@ -195,37 +195,28 @@ func exchangeError(err error) error {
 	return wrap(CodeProviderError, err, "the provider refused the code (%s: %s); start the authorization again", pe.Code, pe.Message)
 }
 
-// replace stores a freshly authorized connection over whatever is there,
-// at the next version, so any refresh in flight on the old grant loses.
-func (b *Broker) replace(ctx context.Context, st *store.Store, conn *store.Connection) error {
-	for attempt := 0; attempt < 5; attempt++ {
-		old, err := st.Get(ctx, conn.Key, true)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			err = st.Create(ctx, conn)
-			if errors.Is(err, store.ErrAlreadyExists) {
-				continue
-			}
-		case err != nil && !errors.Is(err, store.ErrCorrupt):
-			return storeError(err, "connection")
-		default:
-			var v int64
-			if old != nil {
-				v = old.Version
-			} else if v, err = st.RawVersion(ctx, conn.Key); err != nil {
-				return storeError(err, "connection")
-			}
-			err = st.Commit(ctx, conn, v)
-			if errors.Is(err, store.ErrVersionConflict) {
-				continue
-			}
-		}
-		if err != nil {
-			return storeError(err, "connection")
-		}
-		return nil
+// storeGrant stores a freshly authorized connection over whatever is
+// there, under a new generation, so any refresh in flight on the old grant
+// loses; the Connection Authorized event is written with it. It reports
+// whether the connection is new.
+func (b *Broker) storeGrant(ctx context.Context, st *store.Store, conn *store.Connection, via string) (created bool, err error) {
+	until := b.now().Add(b.budget().Commit)
+	notice := b.authorizedNotice(st, conn, via)
+	w, err := st.PrepareCreate(conn, notice)
+	if err == nil {
+		err = b.durably(ctx, until, w)
 	}
-	return Errorf(CodeInternal, "the connection kept changing while being stored; try again")
+	created = err == nil
+	if errors.Is(err, store.ErrAlreadyExists) {
+		if w, err = st.PrepareReplace(conn, notice); err == nil {
+			err = b.durably(ctx, until, w)
+		}
+	}
+	if err != nil {
+		return false, storeError(err, "connection")
+	}
+	b.publish(ctx, st, notice)
+	return created, nil
 }
 
 // applyTokens writes a provider's answer onto a connection. A refresh

@@ -5,6 +5,13 @@
 //
 // It knows no HTTP routes and no DynamoDB attributes: it talks to the
 // store, the configuration, the provider clients and telemetry.
+//
+// The files follow the concerns: budget.go (the time budget every refresh
+// obeys), token.go (serving a token, deciding when to refresh, waiting on
+// another worker's lease), refresh.go (the provider call under the lease
+// and storing its outcome durably), notify.go (lifecycle events), quota.go
+// (WeChat's daily budget), connection.go (status and delete),
+// authorize.go (the connect flow) and refresher.go (the scheduled sweep).
 package broker
 
 import (
@@ -17,10 +24,12 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tokenbroker/shared/config"
 	"tokenbroker/shared/provider"
+	"tokenbroker/shared/sealing"
 	"tokenbroker/shared/store"
 	"tokenbroker/shared/telemetry"
 )
@@ -29,12 +38,13 @@ import (
 // *config.Loader satisfies it.
 type Configuration interface {
 	Snapshot(ctx context.Context) (*config.Snapshot, error)
+	// Reload loads a fresh snapshot now, ignoring the cache's age.
+	Reload(ctx context.Context) (*config.Snapshot, error)
 }
 
-// Notifier publishes needs-reauthorization events; *telemetry.EventBridge
-// satisfies it.
+// Notifier publishes lifecycle events; *telemetry.EventBridge satisfies it.
 type Notifier interface {
-	NeedsReauth(ctx context.Context, d telemetry.NeedsReauthDetail) error
+	Publish(ctx context.Context, detailType string, detail []byte) error
 }
 
 // MachineConnection is the one connection of app-token providers.
@@ -42,13 +52,18 @@ const MachineConnection = "app"
 
 // Defaults.
 const (
-	DefaultLease       = 25 * time.Second
 	DefaultMinTTL      = 60 * time.Second
 	StateLifetime      = 10 * time.Minute
 	maxBackoff         = time.Hour
 	firstBackoff       = 30 * time.Second
 	defaultMinLead     = 300 * time.Second
 	defaultConcurrency = 8
+	// ForceWindow: forced refreshes of one connection happen at most once
+	// in this window; calls inside it get what the last one fetched.
+	ForceWindow = 30 * time.Second
+	// FailingAfter consecutive failed refreshes announce a failure streak
+	// (Connection Refresh Failing) even before the access token expires.
+	FailingAfter = 5
 )
 
 // Broker is the core. Store (with DB and Table set; the ring comes from
@@ -64,9 +79,8 @@ type Broker struct {
 	PublicBaseURL string
 	// ReturnToAllowlist holds the origins return_to may point at.
 	ReturnToAllowlist []string
-	// Lease is how long a refresh lease lasts; it must outlive the
-	// provider call (HTTP timeout) and be shorter than the function timeout.
-	Lease time.Duration
+	// Budget is the time budget of every refresh; DefaultBudget when zero.
+	Budget Budget
 	// Concurrency bounds the refresher's parallel refreshes.
 	Concurrency int
 	// ProviderConcurrency bounds parallel refreshes per provider (0: Concurrency).
@@ -78,6 +92,7 @@ type Broker struct {
 	ownerOnce sync.Once
 	cacheMu   sync.Mutex
 	cache     *snapshotCache
+	ring      liveRing
 }
 
 // snapshotCache holds what is derived from one configuration snapshot.
@@ -108,22 +123,23 @@ func (b *Broker) random() io.Reader {
 	return rand.Reader
 }
 
-func (b *Broker) lease() time.Duration {
-	if b.Lease > 0 {
-		return b.Lease
-	}
-	return DefaultLease
-}
-
-// leaseOwner names this process in lease fields: random per instance, so
+// processID names this process in lease fields: random per instance, so
 // an operator can tell which instance holds a lease.
-func (b *Broker) leaseOwner() string {
+func (b *Broker) processID() string {
 	b.ownerOnce.Do(func() {
 		buf := make([]byte, 8)
 		_, _ = io.ReadFull(b.random(), buf)
 		b.owner = "tb-" + hex.EncodeToString(buf)
 	})
 	return b.owner
+}
+
+// newLeaseOwner is unique per acquisition, so a retried acquisition can
+// recognise its own lease.
+func (b *Broker) newLeaseOwner() string {
+	buf := make([]byte, 6)
+	_, _ = io.ReadFull(b.random(), buf)
+	return b.processID() + "/" + hex.EncodeToString(buf)
 }
 
 func (b *Broker) randomString(n int) (string, error) {
@@ -134,8 +150,8 @@ func (b *Broker) randomString(n int) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(buf), nil
 }
 
-// env is what one operation needs: the store bound to the current key
-// ring, and the provider's resolved config and client.
+// env is what one operation needs: the store bound to the key ring, and
+// the provider's resolved config and client.
 type env struct {
 	store  *store.Store
 	cfg    provider.Config
@@ -147,6 +163,11 @@ func (b *Broker) current(ctx context.Context) (*snapshotCache, error) {
 	if err != nil {
 		return nil, wrap(CodeInternal, err, "configuration unavailable")
 	}
+	return b.adopt(snap)
+}
+
+// adopt makes snap the current snapshot (its ring, fresh provider clients).
+func (b *Broker) adopt(snap *config.Snapshot) (*snapshotCache, error) {
 	b.cacheMu.Lock()
 	defer b.cacheMu.Unlock()
 	if b.cache != nil && b.cache.snap == snap {
@@ -156,10 +177,51 @@ func (b *Broker) current(ctx context.Context) (*snapshotCache, error) {
 	if err != nil {
 		return nil, wrap(CodeInternal, err, "token key ring unavailable")
 	}
+	b.ring.set(b, ring)
 	st := *b.Store
-	st.Ring = ring
+	st.Ring = &b.ring
 	b.cache = &snapshotCache{snap: snap, store: &st, clients: map[string]provider.Client{}}
 	return b.cache, nil
+}
+
+// liveRing is the key ring the store seals and opens with. A value sealed
+// under a key id the cached ring does not know (another instance loaded a
+// newer ring, with a new active key) triggers one fresh load of the
+// configuration before it is declared unreadable.
+type liveRing struct {
+	b    *Broker
+	ring atomic.Pointer[sealing.Ring]
+}
+
+func (r *liveRing) set(b *Broker, ring *sealing.Ring) {
+	r.b = b
+	r.ring.Store(ring)
+}
+
+func (r *liveRing) Seal(plaintext, binding string) (string, error) {
+	return r.ring.Load().Seal(plaintext, binding)
+}
+
+func (r *liveRing) Open(sealed, binding string) (string, error) {
+	ring := r.ring.Load()
+	plain, err := ring.Open(sealed, binding)
+	if !errors.Is(err, sealing.ErrUnknownKey) {
+		return plain, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	snap, rerr := r.b.Config.Reload(ctx)
+	if rerr != nil {
+		return "", err
+	}
+	if _, rerr := r.b.adopt(snap); rerr != nil {
+		return "", err
+	}
+	if fresh := r.ring.Load(); fresh != ring {
+		r.b.log().Info("token key ring reloaded for a value sealed under a newer key")
+		return fresh.Open(sealed, binding)
+	}
+	return "", err
 }
 
 // envFor resolves a provider: not_found when unknown, internal when its
@@ -207,6 +269,14 @@ func storeError(err error, what string) error {
 	return wrap(CodeInternal, err, "token store unavailable")
 }
 
+func asAppError(err error, what string) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return err
+	}
+	return storeError(err, what)
+}
+
 // refreshLead is how long before expiry a token is refreshed: the
 // provider's refresh_lead_seconds, else max(300 s, 10% of the lifetime).
 func refreshLead(cfg provider.Config, lifetime time.Duration) time.Duration {
@@ -216,11 +286,16 @@ func refreshLead(cfg provider.Config, lifetime time.Duration) time.Duration {
 	return max(defaultMinLead, lifetime/10)
 }
 
+// refreshable reports whether c can be renewed without its user.
+func refreshable(c *store.Connection, cfg provider.Config) bool {
+	return cfg.Machine() || (c.RefreshToken != "" && c.RefreshDenied == "")
+}
+
 // scheduleRefresh sets when the refresher should renew c: only for
 // connections that can be renewed without the user and whose token expires.
 func scheduleRefresh(c *store.Connection, cfg provider.Config, now time.Time) {
 	c.RefreshAt = time.Time{}
-	if c.ExpiresAt.IsZero() || (c.RefreshToken == "" && !cfg.Machine()) {
+	if c.ExpiresAt.IsZero() || !refreshable(c, cfg) {
 		return
 	}
 	at := c.ExpiresAt.Add(-refreshLead(cfg, c.ExpiresAt.Sub(now)))
@@ -245,4 +320,10 @@ func (b *Broker) retryDelay(attempts int, expiresAt, now time.Time) time.Duratio
 		}
 	}
 	return max(d, 15*time.Second)
+}
+
+func (b *Broker) jitter(d time.Duration) time.Duration {
+	var j [1]byte
+	_, _ = io.ReadFull(b.random(), j[:])
+	return d * time.Duration(j[0]) / 512
 }

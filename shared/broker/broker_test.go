@@ -350,6 +350,7 @@ func TestConfigErrorKeepsConnectionAndRetries(t *testing.T) {
 	k := store.Key{Provider: devstack.OAuth2, Connection: "badsecret"}
 	f.authorize(t, k)
 	stack.OAuth2.Inject("/token", emulator.OAuthError(401, "invalid_client", "client authentication failed"), 1)
+	f.clock.Add(broker.ForceWindow) // a forced refresh right after the authorization would be served the fresh token
 	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if broker.ErrorCode(err) != broker.CodeProviderError {
 		t.Fatalf("force refresh with a bad secret: %v", err)
@@ -358,6 +359,7 @@ func TestConfigErrorKeepsConnectionAndRetries(t *testing.T) {
 	if st.Status != store.StatusActive || !strings.Contains(st.LastError, "invalid_client") {
 		t.Fatalf("a bad secret must not drop the user's grant: %+v", st)
 	}
+	f.clock.Add(broker.ForceWindow)
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatalf("after the secret is fixed: %v", err)
 	}
@@ -378,6 +380,7 @@ func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: i > 0, MinTTL: time.Minute}); err != nil {
 			t.Fatalf("call %d within budget: %v", i+1, err)
 		}
+		f.clock.Add(broker.ForceWindow)
 	}
 	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || !strings.Contains(broker.ErrorMessage(err), "daily budget of 3") {
@@ -397,6 +400,9 @@ func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatalf("next day: %v", err)
 	}
+	if got := stack.WeChat.Calls("/cgi-bin/token") - before; got != 4 {
+		t.Fatalf("cgi-bin/token called %d times in all, want 4", got)
+	}
 }
 
 func TestLeaseOfACrashedWorkerIsTakenOver(t *testing.T) {
@@ -404,9 +410,10 @@ func TestLeaseOfACrashedWorkerIsTakenOver(t *testing.T) {
 	ctx := context.Background()
 	k := store.Key{Provider: devstack.OAuth2, Connection: "orphan"}
 	f.authorize(t, k)
+	f.clock.Add(10 * time.Minute)
 	c, _ := f.store.Get(ctx, k, true)
 	// A worker took the lease and died: nobody commits.
-	if err := f.store.AcquireLease(ctx, k, c.Version, "crashed", f.clock.Now().Add(300*time.Millisecond)); err != nil {
+	if _, err := f.store.AcquireLease(ctx, k, c.Fence(), store.Lease{Owner: "crashed", Until: f.clock.Now().Add(300 * time.Millisecond)}); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -415,7 +422,7 @@ func TestLeaseOfACrashedWorkerIsTakenOver(t *testing.T) {
 		f.clock.Add(time.Second)
 	}()
 	calls := stack.OAuth2.RefreshCalls()
-	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 2 * time.Hour})
+	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 55 * time.Minute})
 	if err != nil || tok.AccessToken == c.AccessToken {
 		t.Fatalf("takeover: %v", err)
 	}
@@ -472,6 +479,7 @@ func TestEMFLinesAreWellFormed(t *testing.T) {
 	ctx := context.Background()
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "emf"}
 	f.authorize(t, k)
+	f.clock.Add(broker.ForceWindow)
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -535,10 +543,22 @@ func TestWeChatTokenModeReportsWhenTheOldTokenDies(t *testing.T) {
 	if c.RefreshAt.Unix() != c.ExpiresAt.Unix()-600 || tok.ExpiresAt.Unix() != c.ExpiresAt.Unix()-300 {
 		t.Fatalf("stored expiry %v refresh_at %v, reported %v", c.ExpiresAt, c.RefreshAt, tok.ExpiresAt)
 	}
-	// A caller wanting more than what is left of that effective life gets the next token.
+	// Each fetch kills the token others hold, so a caller wanting more than
+	// what is left of that effective life still gets the current token,
+	// with its true expiry, and WeChat is not called.
+	calls := stack.WeChat.Calls("/cgi-bin/token")
 	f.clock.Add(c.RefreshAt.Sub(f.clock.Now()) + time.Minute)
+	same, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 2 * time.Hour})
+	if err != nil || same.AccessToken != tok.AccessToken || same.ExpiresAt.Unix() != tok.ExpiresAt.Unix() {
+		t.Fatalf("after refresh_at: %v, same token %v", err, same != nil && same.AccessToken == tok.AccessToken)
+	}
+	// Within its last minute it is unusable: the next caller gets a new one.
+	f.clock.Add(tok.ExpiresAt.Sub(f.clock.Now()) - 30*time.Second)
 	next, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 5 * time.Minute})
 	if err != nil || next.AccessToken == tok.AccessToken {
-		t.Fatalf("after refresh_at: %v, same token %v", err, next != nil && next.AccessToken == tok.AccessToken)
+		t.Fatalf("in its last minute: %v, same token %v", err, next != nil && next.AccessToken == tok.AccessToken)
+	}
+	if got := stack.WeChat.Calls("/cgi-bin/token") - calls; got != 1 {
+		t.Fatalf("cgi-bin/token called %d times, want exactly 1", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"tokenbroker/shared/store"
+	"tokenbroker/shared/telemetry"
 )
 
 // Summary is what one refresher tick did.
@@ -16,84 +17,17 @@ type Summary struct {
 	SkippedLocked   int `json:"skipped_locked"`
 	FailedTransient int `json:"failed_transient"`
 	NeedsReauth     int `json:"needs_reauth"`
+	// Stale counts due-index copies that no longer matched the table
+	// (refreshed, re-authorized or deleted since): nothing to do.
+	Stale int `json:"stale"`
 	// NotStarted counts due connections left for the next tick because the
 	// deadline came near.
 	NotStarted int `json:"not_started"`
 	// Broken counts due items that could not be decoded or whose provider
 	// is unknown or misconfigured.
 	Broken int `json:"broken"`
-}
-
-// stopMargin is how long before the deadline no new refresh starts: one
-// provider call plus the commit must still fit.
-const stopMargin = 12 * time.Second
-
-// RefreshDue refreshes every connection whose refresh time has come, with
-// bounded concurrency overall and per provider, and stops taking new work
-// when the context's deadline is near.
-func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
-	c, err := b.current(ctx)
-	if err != nil {
-		return nil, err
-	}
-	due, err := c.store.Due(ctx, b.now(), 0)
-	if err != nil {
-		return nil, storeError(err, "due index")
-	}
-	sum := &Summary{Due: len(due.Connections) + len(due.Broken), Broken: len(due.Broken)}
-	for _, br := range due.Broken {
-		b.log().ErrorContext(ctx, "due item cannot be read", "pk", br.PK, "error", br.Err.Error())
-	}
-	concurrency := b.Concurrency
-	if concurrency <= 0 {
-		concurrency = defaultConcurrency
-	}
-	perProvider := b.ProviderConcurrency
-	if perProvider <= 0 || perProvider > concurrency {
-		perProvider = concurrency
-	}
-	var mu sync.Mutex
-	count := func(f func(*Summary)) { mu.Lock(); f(sum); mu.Unlock() }
-	slots := make(chan struct{}, concurrency)
-	providerSlots := map[string]chan struct{}{}
-	var wg sync.WaitGroup
-	deadline, hasDeadline := ctx.Deadline()
-	for i, conn := range due.Connections {
-		if hasDeadline && time.Until(deadline) < stopMargin {
-			count(func(s *Summary) { s.NotStarted += len(due.Connections) - i })
-			break
-		}
-		ps, ok := providerSlots[conn.Provider]
-		if !ok {
-			ps = make(chan struct{}, perProvider)
-			providerSlots[conn.Provider] = ps
-		}
-		slots <- struct{}{}
-		ps <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-ps; <-slots; wg.Done() }()
-			outcome := b.refreshOne(ctx, conn)
-			count(func(s *Summary) {
-				switch outcome {
-				case outcomeRefreshed:
-					s.Refreshed++
-				case outcomeLocked:
-					s.SkippedLocked++
-				case outcomeReauth:
-					s.NeedsReauth++
-				case outcomeBroken:
-					s.Broken++
-				default:
-					s.FailedTransient++
-				}
-			})
-		}()
-	}
-	wg.Wait()
-	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
-		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "not_started", sum.NotStarted, "broken", sum.Broken)
-	return sum, nil
+	// Notices counts lifecycle events published for writers that could not.
+	Notices int `json:"notices"`
 }
 
 type outcome int
@@ -104,36 +38,258 @@ const (
 	outcomeFailed
 	outcomeReauth
 	outcomeBroken
+	outcomeStale
+	outcomeNotStarted
 )
 
-// refreshOne uses the due index's copy of the item: its version is a hint
-// the lease condition checks, so no extra read is needed.
-func (b *Broker) refreshOne(ctx context.Context, conn *store.Connection) outcome {
-	e, err := b.envFor(ctx, conn.Provider)
+// tally counts outcomes from many goroutines.
+type tally struct {
+	mu  sync.Mutex
+	sum Summary
+}
+
+func (t *tally) add(o outcome) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch o {
+	case outcomeRefreshed:
+		t.sum.Refreshed++
+	case outcomeLocked:
+		t.sum.SkippedLocked++
+	case outcomeReauth:
+		t.sum.NeedsReauth++
+	case outcomeBroken:
+		t.sum.Broken++
+	case outcomeStale:
+		t.sum.Stale++
+	case outcomeNotStarted:
+		t.sum.NotStarted++
+	default:
+		t.sum.FailedTransient++
+	}
+}
+
+func (t *tally) due() {
+	t.mu.Lock()
+	t.sum.Due++
+	t.mu.Unlock()
+}
+
+var errStopped = errors.New("refresher: stopping")
+
+// RefreshDue refreshes every connection whose refresh time has come.
+//
+// Each provider has its own reader of the due index (its own shards, page
+// by page, into a queue of one page) and its own workers (at most
+// ProviderConcurrency), and every worker needs one of Concurrency global
+// slots only while it refreshes. A worker never holds a global slot while
+// waiting for anything else, so a slow provider occupies at most its own
+// workers and never stalls another provider's refreshes; memory is a page
+// per provider whatever the backlog. A refresh starts only when, with its
+// slot in hand, the invocation still has the time budget to finish it.
+func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
+	started := b.now()
+	c, err := b.current(ctx)
 	if err != nil {
-		b.log().ErrorContext(ctx, "due connection's provider unusable", "provider", conn.Provider, "connection", conn.Connection, "error", err.Error())
+		return nil, err
+	}
+	concurrency := b.Concurrency
+	if concurrency <= 0 {
+		concurrency = defaultConcurrency
+	}
+	perProvider := b.ProviderConcurrency
+	if perProvider <= 0 || perProvider > concurrency {
+		perProvider = concurrency
+	}
+	names := c.snap.Names()
+	for name := range c.snap.Problems() {
+		names = append(names, name)
+	}
+	t := &tally{}
+	slots := make(chan struct{}, concurrency)
+	var stopOnce sync.Once
+	stopped := make(chan struct{})
+	stop := func() { stopOnce.Do(func() { close(stopped) }) }
+	queues := make(map[string]chan *store.DueItem, len(names))
+	for _, name := range names {
+		queues[name] = make(chan *store.DueItem, int(c.store.DuePageSize)+defaultQueue)
+	}
+	var readers, workers sync.WaitGroup
+	errs := make(chan error, len(names)+2)
+	now := b.now()
+	enqueue := func(q chan *store.DueItem, d *store.DueItem, wait bool) error {
+		t.due()
+		switch {
+		case d.Err != nil:
+			b.log().ErrorContext(ctx, "due item cannot be read", "pk", d.PK, "error", d.Err.Error())
+			t.add(outcomeBroken)
+			return nil
+		case d.Leased(now):
+			t.add(outcomeLocked)
+			return nil
+		case q == nil:
+			b.log().ErrorContext(ctx, "due connection of an unknown provider", "provider", d.Provider, "connection", d.Connection)
+			t.add(outcomeBroken)
+			return nil
+		}
+		if !wait {
+			select {
+			case q <- d:
+			default:
+				t.add(outcomeNotStarted)
+			}
+			return nil
+		}
+		select {
+		case q <- d:
+			return nil
+		case <-stopped:
+			t.add(outcomeNotStarted)
+			return errStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for name, q := range queues {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			err := c.store.ScanDue(ctx, name, now, func(d *store.DueItem) error { return enqueue(q, d, true) })
+			if err != nil && !errors.Is(err, errStopped) {
+				errs <- err
+			}
+		}()
+		for range perProvider {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				for d := range q {
+					t.add(b.work(ctx, d, slots, stopped, stop))
+				}
+			}()
+		}
+	}
+	// Connections still filed under the shard names used before shards
+	// were per provider; a write moves each to its provider's shards.
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		if err := c.store.ScanLegacyDue(ctx, now, func(d *store.DueItem) error { return enqueue(queues[d.Provider], d, false) }); err != nil {
+			errs <- err
+		}
+	}()
+	// Lifecycle events whose writers died before publishing them.
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		sent, err := b.publishPending(ctx, c.store)
+		t.mu.Lock()
+		t.sum.Notices = sent
+		t.mu.Unlock()
+		if err != nil {
+			errs <- err
+		}
+	}()
+	readers.Wait()
+	for _, q := range queues {
+		close(q)
+	}
+	workers.Wait()
+	close(errs)
+	sum := t.sum
+	b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
+	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
+		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "stale", sum.Stale, "not_started", sum.NotStarted,
+		"broken", sum.Broken, "notices", sum.Notices)
+	for err := range errs {
+		return &sum, storeError(err, "due index")
+	}
+	return &sum, nil
+}
+
+// defaultQueue is each provider's queue beyond one page.
+const defaultQueue = 100
+
+// work refreshes one due connection with a global slot held, if the
+// invocation still has the time to finish it; otherwise it stops the tick.
+func (b *Broker) work(ctx context.Context, d *store.DueItem, slots chan struct{}, stopped chan struct{}, stop func()) outcome {
+	select {
+	case <-stopped:
+		return outcomeNotStarted
+	case <-ctx.Done():
+		return outcomeNotStarted
+	case slots <- struct{}{}:
+	}
+	defer func() { <-slots }()
+	hold, ok := b.hold(ctx, b.now())
+	if !ok {
+		stop()
+		return outcomeNotStarted
+	}
+	return b.refreshOne(ctx, d, hold)
+}
+
+// refreshOne takes the lease at the due copy's fence; the lease write
+// returns the item as it stands, so the refresh acts on a consistent read,
+// never on the index's copy. A copy that no longer matches is looked at
+// again once, at the stored fence.
+func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Time) outcome {
+	e, err := b.envFor(ctx, d.Provider)
+	if err != nil {
+		b.log().ErrorContext(ctx, "due connection's provider unusable", "provider", d.Provider, "connection", d.Connection, "error", err.Error())
 		return outcomeBroken
 	}
-	now := b.now()
-	if conn.Status == store.StatusNeedsReauth {
-		return outcomeReauth
-	}
-	if conn.Leased(now) {
-		return outcomeLocked
-	}
-	if err := e.store.AcquireLease(ctx, conn.Key, conn.Version, b.leaseOwner(), now.Add(b.lease())); err != nil {
-		if errors.Is(err, store.ErrLeaseNotGranted) {
-			return outcomeLocked
+	fence := d.Fence
+	var conn *store.Connection
+	for try := 0; try < 2 && conn == nil; try++ {
+		now := b.now()
+		c, err := e.store.AcquireLease(ctx, d.Key, fence, b.newLease(hold))
+		var ce *store.ConflictError
+		switch {
+		case err == nil:
+			conn = c
+		case errors.Is(err, store.ErrNotFound):
+			return outcomeStale
+		case errors.As(err, &ce) && ce.Current != nil:
+			cur := ce.Current
+			if cur.Leased(now) {
+				return outcomeLocked
+			}
+			if cur.Status == store.StatusNeedsReauth || cur.RefreshAt.IsZero() || cur.RefreshAt.After(now) {
+				return outcomeStale
+			}
+			fence = cur.Fence()
+		case errors.Is(err, store.ErrCorrupt):
+			b.log().ErrorContext(ctx, "due connection cannot be read", "provider", d.Provider, "connection", d.Connection, "error", err.Error())
+			return outcomeBroken
+		default:
+			b.log().ErrorContext(ctx, "lease failed", "provider", d.Provider, "connection", d.Connection, "error", err.Error())
+			return outcomeFailed
 		}
-		b.log().ErrorContext(ctx, "lease failed", "provider", conn.Provider, "connection", conn.Connection, "error", err.Error())
+	}
+	if conn == nil {
+		return outcomeStale
+	}
+	if !refreshable(conn, e.cfg) {
+		// Kept in the index only to end it at expiry (the app may not
+		// refresh it): it needs its user now.
+		reason := "the access token expired and " + conn.RefreshDenied
+		if conn.RefreshDenied == "" {
+			reason = "the access token expired and the provider gave no refresh token"
+		}
+		if _, err := b.markNeedsReauth(ctx, e, conn, reason, "", &hold); ErrorCode(err) == CodeNeedsReauth {
+			return outcomeReauth
+		}
 		return outcomeFailed
 	}
-	_, err = b.refreshHeld(ctx, e, conn)
+	_, err = b.refreshHeld(ctx, e, conn, hold)
 	switch {
 	case err == nil:
 		return outcomeRefreshed
 	case ErrorCode(err) == CodeNeedsReauth:
 		return outcomeReauth
+	case ErrorCode(err) == CodeNotFound:
+		return outcomeStale
 	}
 	return outcomeFailed
 }

@@ -108,10 +108,15 @@ type Loader struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
-	mu       sync.Mutex
-	snap     *Snapshot
-	nextLoad time.Time
+	mu         sync.Mutex
+	snap       *Snapshot
+	nextLoad   time.Time
+	lastForced time.Time
 }
+
+// minForcedGap spaces forced reloads, so a run of values that no key opens
+// cannot turn into a stream of SSM calls.
+const minForcedGap = time.Second
 
 func (l *Loader) now() time.Time {
 	if l.Now != nil {
@@ -143,6 +148,34 @@ func (l *Loader) Snapshot(ctx context.Context) (*Snapshot, error) {
 	if err != nil {
 		if l.snap != nil && now.Sub(l.snap.LoadedAt) < maxStale {
 			l.nextLoad = now.Add(retryAfterFailure)
+			return l.snap, nil
+		}
+		return nil, err
+	}
+	ttl := l.TTL
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	l.snap, l.nextLoad = snap, now.Add(ttl)
+	return snap, nil
+}
+
+// Reload loads a fresh snapshot now, whatever the cached one's age: the
+// broker calls it when a stored value was sealed under a key id the cached
+// ring does not know (another instance has a newer ring). Forced reloads
+// are at least a second apart; within that, the cached snapshot is
+// returned. A failed reload keeps the cached snapshot.
+func (l *Loader) Reload(ctx context.Context) (*Snapshot, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if l.snap != nil && !l.lastForced.IsZero() && now.Sub(l.lastForced) < minForcedGap {
+		return l.snap, nil
+	}
+	l.lastForced = now
+	snap, err := l.load(ctx)
+	if err != nil {
+		if l.snap != nil {
 			return l.snap, nil
 		}
 		return nil, err

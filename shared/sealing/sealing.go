@@ -36,6 +36,11 @@ var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // item.
 var ErrOpen = errors.New("sealing: cannot open sealed value")
 
+// ErrUnknownKey is returned (wrapped, together with ErrOpen) when a value
+// was sealed under a key id the ring does not hold: a ring loaded before a
+// new key became active, most likely, which a fresh load would fix.
+var ErrUnknownKey = errors.New("sealing: key id not in the ring")
+
 // Ring is a set of AES-256 keys with one active key used for sealing. Any key
 // of the ring opens values sealed under it, which is what makes key rotation
 // possible: add a key, make it active, and old values keep opening.
@@ -148,7 +153,7 @@ func (r *Ring) Open(sealed, binding string) (string, error) {
 	kid := parts[1]
 	aead, ok := r.aeads[kid]
 	if !ok {
-		return "", fmt.Errorf("%w: key %q is not in the ring", ErrOpen, kid)
+		return "", fmt.Errorf("%w: %w: %q", ErrOpen, ErrUnknownKey, kid)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {

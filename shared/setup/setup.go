@@ -8,12 +8,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
@@ -82,6 +87,7 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 	b := &broker.Broker{
 		Store: &store.Store{DB: dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
 			o.BaseEndpoint = endpoint(get, "DYNAMODB")
+			dynamoDBTimeouts(o)
 		}), Table: table, Shards: shards},
 		Config: &config.Loader{SSM: ssm.NewFromConfig(cfg, func(o *ssm.Options) {
 			o.BaseEndpoint = endpoint(get, "SSM")
@@ -98,6 +104,27 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 		ProviderConcurrency: providerConcurrency,
 	}
 	return b, log, nil
+}
+
+// DynamoDBAttemptTimeout bounds one HTTP attempt to DynamoDB, so a stalled
+// connection is retried instead of eating the refresh's time budget.
+const DynamoDBAttemptTimeout = 3 * time.Second
+
+// dynamoDBTimeouts makes the SDK's own retries fit the broker's time
+// budget: three attempts, each bounded, a few tens of milliseconds apart
+// (the SDK's default backoff waits up to seconds, and its retry quota can
+// stop retrying in the middle of a fault storm). The broker retries the
+// writes that must survive on top of this, with the same request.
+func dynamoDBTimeouts(o *dynamodb.Options) {
+	o.HTTPClient = awshttp.NewBuildableClient().WithTimeout(DynamoDBAttemptTimeout)
+	o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
+		so.MaxAttempts = 3
+		so.RateLimiter = ratelimit.None
+		so.Backoff = retry.BackoffDelayerFunc(func(attempt int, _ error) (time.Duration, error) {
+			d := min(25*time.Millisecond<<min(attempt, 4), 200*time.Millisecond)
+			return d/2 + time.Duration(rand.Int64N(int64(d/2))), nil
+		})
+	})
 }
 
 // awsConfig builds the SDK configuration from the environment Lambda

@@ -7,7 +7,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
-	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
@@ -29,6 +28,20 @@ const (
 // MaxExtra bounds the number of provider extras kept on a connection.
 const MaxExtra = 32
 
+// MaxMetadata bounds the number of metadata entries of a connection.
+const MaxMetadata = 10
+
+// Fence is what a conditional write expects to find: the grant's
+// generation, which changes on every create, re-authorization and delete,
+// and its version, which every write of that grant increases. A write for
+// an old grant can never land on a new one, even at an equal version.
+type Fence struct {
+	Generation string
+	Version    int64
+}
+
+func (f Fence) String() string { return fmt.Sprintf("%.8s/v%d", f.Generation, f.Version) }
+
 // Connection is one (provider, connection) grant with its tokens in the clear.
 // The store seals AccessToken and RefreshToken on write and opens them on read.
 type Connection struct {
@@ -41,10 +54,13 @@ type Connection struct {
 	ExpiresAt        time.Time // zero: the provider gave no expiry
 	RefreshExpiresAt time.Time // zero: unknown
 	Extra            map[string]string
-	Status           Status
-	Version          int64
-	LeaseOwner       string
-	LeaseUntil       time.Time
+	// Metadata is the caller's own labels (tenant, user id); never secret.
+	Metadata   map[string]string
+	Status     Status
+	Generation string
+	Version    int64
+	LeaseOwner string
+	LeaseUntil time.Time
 	// RefreshAt puts the connection in the due index; zero keeps it out.
 	RefreshAt   time.Time
 	RefreshedAt time.Time
@@ -52,7 +68,18 @@ type Connection struct {
 	LastError   string
 	LastErrorAt time.Time
 	Attempts    int
+	// FailingNotified records that the current failure streak has been
+	// announced (Connection Refresh Failing), so it is announced once and
+	// its end (Connection Recovered) can be.
+	FailingNotified bool
+	// RefreshDenied, when set, says why the provider will not refresh this
+	// grant (the app lacks the permission): the token is served until it
+	// expires and the connection then needs re-authorization.
+	RefreshDenied string
 }
+
+// Fence is the connection's current generation and version.
+func (c *Connection) Fence() Fence { return Fence{Generation: c.Generation, Version: c.Version} }
 
 // Leased reports whether a live lease is held at now.
 func (c *Connection) Leased(now time.Time) bool {
@@ -75,8 +102,11 @@ type connectionItem struct {
 	ExpiresAt        int64             `dynamodbav:"expires_at,omitempty"`
 	RefreshExpiresAt int64             `dynamodbav:"refresh_expires_at,omitempty"`
 	Extra            map[string]string `dynamodbav:"extra,omitempty"`
+	Metadata         map[string]string `dynamodbav:"metadata,omitempty"`
 	Status           string            `dynamodbav:"status"`
+	Generation       string            `dynamodbav:"generation,omitempty"`
 	Version          int64             `dynamodbav:"version"`
+	WriteID          string            `dynamodbav:"write_id,omitempty"`
 	LeaseOwner       string            `dynamodbav:"lease_owner,omitempty"`
 	LeaseUntilMs     int64             `dynamodbav:"lease_until,omitempty"`
 	DueShard         string            `dynamodbav:"due_shard,omitempty"`
@@ -86,6 +116,8 @@ type connectionItem struct {
 	LastError        string            `dynamodbav:"last_error,omitempty"`
 	LastErrorAt      int64             `dynamodbav:"last_error_at,omitempty"`
 	Attempts         int               `dynamodbav:"attempts,omitempty"`
+	FailingNotified  bool              `dynamodbav:"failing_notified,omitempty"`
+	RefreshDenied    string            `dynamodbav:"refresh_denied,omitempty"`
 }
 
 const (
@@ -96,29 +128,41 @@ const (
 
 func binding(pk, field string) string { return pk + "/" + field }
 
-func (s *Store) toItem(c *Connection) (map[string]types.AttributeValue, error) {
+func checkLabels(what string, m map[string]string, maxEntries, maxKey, maxValue int) error {
+	if len(m) > maxEntries {
+		return fmt.Errorf("%w: %d %s entries, at most %d", ErrInvalid, len(m), what, maxEntries)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > maxKey || len(v) > maxValue {
+			return fmt.Errorf("%w: %s %.32q empty or too long", ErrInvalid, what, k)
+		}
+	}
+	return nil
+}
+
+// toItem is the stored form of c as written by writeID.
+func (s *Store) toItem(c *Connection, writeID string) (map[string]types.AttributeValue, error) {
 	if err := c.Key.Validate(); err != nil {
 		return nil, err
 	}
-	if len(c.Extra) > MaxExtra {
-		return nil, fmt.Errorf("%w: %d extras, at most %d", ErrInvalid, len(c.Extra), MaxExtra)
+	if err := checkLabels("extra", c.Extra, MaxExtra, 128, maxText); err != nil {
+		return nil, err
 	}
-	for k, v := range c.Extra {
-		if len(k) > 128 || len(v) > maxText {
-			return nil, fmt.Errorf("%w: extra %.32q too long", ErrInvalid, k)
-		}
+	if err := checkLabels("metadata", c.Metadata, MaxMetadata, 64, 256); err != nil {
+		return nil, err
 	}
-	if len(c.TokenType) > 64 || len(c.Scope) > maxText || len(c.Kind) > 64 {
-		return nil, fmt.Errorf("%w: token type, scope or kind too long", ErrInvalid)
+	if len(c.TokenType) > 64 || len(c.Scope) > maxText || len(c.Kind) > 64 || len(c.Generation) > 64 {
+		return nil, fmt.Errorf("%w: token type, scope, kind or generation too long", ErrInvalid)
 	}
 	pk := c.Key.pk()
 	it := connectionItem{
 		PK: pk, Type: "connection", Provider: c.Provider, Connection: c.Connection, Kind: c.Kind,
 		TokenType: c.TokenType, Scope: c.Scope,
 		ExpiresAt: unixOrZero(c.ExpiresAt), RefreshExpiresAt: unixOrZero(c.RefreshExpiresAt),
-		Extra: c.Extra, Status: string(c.Status), Version: c.Version,
+		Extra: c.Extra, Metadata: c.Metadata, Status: string(c.Status), Generation: c.Generation, Version: c.Version, WriteID: writeID,
 		LeaseOwner: c.LeaseOwner, RefreshedAt: unixOrZero(c.RefreshedAt), CreatedAt: unixOrZero(c.CreatedAt),
 		LastError: truncate(c.LastError, maxText), LastErrorAt: unixOrZero(c.LastErrorAt), Attempts: c.Attempts,
+		FailingNotified: c.FailingNotified, RefreshDenied: truncate(c.RefreshDenied, maxText),
 	}
 	if it.Status == "" {
 		it.Status = string(StatusActive)
@@ -148,34 +192,43 @@ func (s *Store) toItem(c *Connection) (map[string]types.AttributeValue, error) {
 	return av, nil
 }
 
-func (s *Store) fromItem(av map[string]types.AttributeValue) (*Connection, error) {
+func decodeConnection(av map[string]types.AttributeValue) (*connectionItem, error) {
 	var it connectionItem
 	if err := attributevalue.UnmarshalMap(av, &it); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	k := Key{Provider: it.Provider, Connection: it.Connection}
+	if k.Validate() != nil || it.PK != k.pk() || it.Type != "connection" {
+		return nil, fmt.Errorf("%w: item %.80q is not a connection", ErrCorrupt, it.PK)
+	}
+	return &it, nil
+}
+
+func (s *Store) fromItem(av map[string]types.AttributeValue) (*Connection, error) {
+	it, err := decodeConnection(av)
+	if err != nil {
+		return nil, err
 	}
 	c := &Connection{
 		Key:  Key{Provider: it.Provider, Connection: it.Connection},
 		Kind: it.Kind, TokenType: it.TokenType, Scope: it.Scope,
 		ExpiresAt: timeOrZero(it.ExpiresAt), RefreshExpiresAt: timeOrZero(it.RefreshExpiresAt),
-		Extra: it.Extra, Status: Status(it.Status), Version: it.Version, LeaseOwner: it.LeaseOwner,
-		RefreshAt: timeOrZero(it.RefreshAt), RefreshedAt: timeOrZero(it.RefreshedAt), CreatedAt: timeOrZero(it.CreatedAt),
-		LastError: it.LastError, LastErrorAt: timeOrZero(it.LastErrorAt), Attempts: it.Attempts,
+		Extra: it.Extra, Metadata: it.Metadata, Status: Status(it.Status), Generation: it.Generation, Version: it.Version,
+		LeaseOwner: it.LeaseOwner, RefreshAt: timeOrZero(it.RefreshAt), RefreshedAt: timeOrZero(it.RefreshedAt),
+		CreatedAt: timeOrZero(it.CreatedAt), LastError: it.LastError, LastErrorAt: timeOrZero(it.LastErrorAt),
+		Attempts: it.Attempts, FailingNotified: it.FailingNotified, RefreshDenied: it.RefreshDenied,
 	}
 	if it.LeaseUntilMs != 0 {
 		c.LeaseUntil = time.UnixMilli(it.LeaseUntilMs).UTC()
 	}
-	if c.Key.Validate() != nil || it.PK != c.Key.pk() || it.Type != "connection" {
-		return nil, fmt.Errorf("%w: item %.80q is not a connection", ErrCorrupt, it.PK)
-	}
-	var err error
 	if it.AccessToken != "" {
 		if c.AccessToken, err = s.Ring.Open(it.AccessToken, binding(it.PK, fieldAccess)); err != nil {
-			return nil, fmt.Errorf("%w: %s access token: %v", ErrCorrupt, c.Key, err)
+			return nil, fmt.Errorf("%w: %s access token: %w", ErrCorrupt, c.Key, err)
 		}
 	}
 	if it.RefreshToken != "" {
 		if c.RefreshToken, err = s.Ring.Open(it.RefreshToken, binding(it.PK, fieldRefresh)); err != nil {
-			return nil, fmt.Errorf("%w: %s refresh token: %v", ErrCorrupt, c.Key, err)
+			return nil, fmt.Errorf("%w: %s refresh token: %w", ErrCorrupt, c.Key, err)
 		}
 	}
 	return c, nil
@@ -207,226 +260,4 @@ func (s *Store) Get(ctx context.Context, k Key, consistent bool) (*Connection, e
 		return nil, fmt.Errorf("%w: connection %s", ErrNotFound, k)
 	}
 	return s.fromItem(out.Item)
-}
-
-// Create writes a new connection at the given version only if none exists
-// for its key: ErrAlreadyExists otherwise. A machine token's first fetch
-// uses it with a lease already set, so concurrent first callers wait on the
-// lease instead of all calling the provider.
-func (s *Store) Create(ctx context.Context, c *Connection) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	av, err := s.toItem(c)
-	if err != nil {
-		return err
-	}
-	if err := s.putIfAbsent(ctx, av); err != nil {
-		return fmt.Errorf("%w: connection %s", err, c.Key)
-	}
-	return nil
-}
-
-// Commit replaces the connection with c at version expect+1, clearing any
-// lease, only if the stored version is still expect. On success c.Version is
-// updated. A stale commit returns ErrVersionConflict and writes nothing.
-func (s *Store) Commit(ctx context.Context, c *Connection, expect int64) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	next := *c
-	next.Version = expect + 1
-	next.LeaseOwner, next.LeaseUntil = "", time.Time{}
-	av, err := s.toItem(&next)
-	if err != nil {
-		return err
-	}
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(
-		expression.Name("version").Equal(expression.Value(expect))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(), ExpressionAttributeValues: cond.Values(),
-	})
-	if isConditionFailed(err) {
-		return fmt.Errorf("%w: commit %s at version %d", ErrVersionConflict, c.Key, expect)
-	}
-	if err != nil {
-		return fmt.Errorf("store: commit %s: %w", c.Key, err)
-	}
-	c.Version, c.LeaseOwner, c.LeaseUntil = next.Version, "", time.Time{}
-	return nil
-}
-
-// AcquireLease takes the refresh lease on k if the stored version is still
-// version and no live lease exists. ErrLeaseNotGranted otherwise.
-func (s *Store) AcquireLease(ctx context.Context, k Key, version int64, owner string, until time.Time) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := k.Validate(); err != nil {
-		return err
-	}
-	if owner == "" || len(owner) > 256 {
-		return fmt.Errorf("%w: lease owner must be 1-256 bytes", ErrInvalid)
-	}
-	now := s.now()
-	cond := expression.Name("version").Equal(expression.Value(version)).And(
-		expression.Or(
-			expression.AttributeNotExists(expression.Name("lease_until")),
-			expression.Name("lease_until").LessThan(expression.Value(now.UnixMilli())),
-		))
-	upd := expression.Set(expression.Name("lease_owner"), expression.Value(owner)).
-		Set(expression.Name("lease_until"), expression.Value(until.UnixMilli()))
-	failed, err := s.conditionalUpdate(ctx, k.pk(), cond, upd)
-	if failed {
-		return fmt.Errorf("%w: %s at version %d", ErrLeaseNotGranted, k, version)
-	}
-	if err != nil {
-		return fmt.Errorf("store: acquire lease %s: %w", k, err)
-	}
-	return nil
-}
-
-// Failure records a failed refresh that keeps the current tokens.
-type Failure struct {
-	Message     string
-	Attempts    int
-	NextAttempt time.Time // becomes refresh_at; zero takes the connection out of the due index
-}
-
-// RecordFailure stores a transient failure at version expect+1, keeping the
-// tokens, moving refresh_at to the next attempt and clearing the lease.
-func (s *Store) RecordFailure(ctx context.Context, k Key, expect int64, f Failure) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := k.Validate(); err != nil {
-		return err
-	}
-	now := s.now()
-	upd := expression.Set(expression.Name("last_error"), expression.Value(truncate(f.Message, maxText))).
-		Set(expression.Name("last_error_at"), expression.Value(now.Unix())).
-		Set(expression.Name("attempts"), expression.Value(f.Attempts)).
-		Set(expression.Name("version"), expression.Value(expect+1)).
-		Remove(expression.Name("lease_owner")).Remove(expression.Name("lease_until"))
-	if f.NextAttempt.IsZero() {
-		upd = upd.Remove(expression.Name("refresh_at")).Remove(expression.Name("due_shard"))
-	} else {
-		upd = upd.Set(expression.Name("refresh_at"), expression.Value(f.NextAttempt.Unix())).
-			Set(expression.Name("due_shard"), expression.Value(s.dueShard(k)))
-	}
-	return s.updateAtVersion(ctx, k, expect, upd, "record failure")
-}
-
-// MarkNeedsReauth sets the connection to needs_reauth at version expect+1,
-// with the reason, and takes it out of the due index.
-func (s *Store) MarkNeedsReauth(ctx context.Context, k Key, expect int64, reason string) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := k.Validate(); err != nil {
-		return err
-	}
-	now := s.now()
-	upd := expression.Set(expression.Name("status"), expression.Value(string(StatusNeedsReauth))).
-		Set(expression.Name("last_error"), expression.Value(truncate(reason, maxText))).
-		Set(expression.Name("last_error_at"), expression.Value(now.Unix())).
-		Set(expression.Name("version"), expression.Value(expect+1)).
-		Remove(expression.Name("lease_owner")).Remove(expression.Name("lease_until")).
-		Remove(expression.Name("refresh_at")).Remove(expression.Name("due_shard"))
-	return s.updateAtVersion(ctx, k, expect, upd, "mark needs_reauth")
-}
-
-func (s *Store) updateAtVersion(ctx context.Context, k Key, expect int64, upd expression.UpdateBuilder, what string) error {
-	failed, err := s.conditionalUpdate(ctx, k.pk(), expression.Name("version").Equal(expression.Value(expect)), upd)
-	if failed {
-		return fmt.Errorf("%w: %s %s at version %d", ErrVersionConflict, what, k, expect)
-	}
-	if err != nil {
-		return fmt.Errorf("store: %s %s: %w", what, k, err)
-	}
-	return nil
-}
-
-// conditionalUpdate applies upd to the item under pk if cond holds, and
-// reports whether the condition failed.
-func (s *Store) conditionalUpdate(ctx context.Context, pk string, cond expression.ConditionBuilder, upd expression.UpdateBuilder) (conditionFailed bool, err error) {
-	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
-	if err != nil {
-		return false, err
-	}
-	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: aws.String(s.Table), Key: keyAttr(pk),
-		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
-		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-	})
-	if isConditionFailed(err) {
-		return true, nil
-	}
-	return false, err
-}
-
-// putIfAbsent writes an item only where none exists under its key:
-// ErrAlreadyExists otherwise.
-func (s *Store) putIfAbsent(ctx context.Context, av map[string]types.AttributeValue) error {
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
-	})
-	if isConditionFailed(err) {
-		return ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("store: put: %w", err)
-	}
-	return nil
-}
-
-// Delete removes a connection. Deleting one that does not exist is not an error.
-func (s *Store) Delete(ctx context.Context, k Key) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := k.Validate(); err != nil {
-		return err
-	}
-	if _, err := s.DB.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(s.Table), Key: keyAttr(k.pk())}); err != nil {
-		return fmt.Errorf("store: delete %s: %w", k, err)
-	}
-	return nil
-}
-
-// RawVersion reads only the version of a connection, for overwriting an
-// item that can no longer be decoded (a re-authorization replaces it).
-func (s *Store) RawVersion(ctx context.Context, k Key) (int64, error) {
-	if err := s.check(); err != nil {
-		return 0, err
-	}
-	if err := k.Validate(); err != nil {
-		return 0, err
-	}
-	out, err := s.DB.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName: aws.String(s.Table), Key: keyAttr(k.pk()), ConsistentRead: aws.Bool(true),
-		ProjectionExpression: aws.String("version"),
-	})
-	if err != nil {
-		return 0, fmt.Errorf("store: get version %s: %w", k, err)
-	}
-	if len(out.Item) == 0 {
-		return 0, fmt.Errorf("%w: connection %s", ErrNotFound, k)
-	}
-	var v struct {
-		Version int64 `dynamodbav:"version"`
-	}
-	if err := attributevalue.UnmarshalMap(out.Item, &v); err != nil {
-		return 0, fmt.Errorf("%w: version of %s: %v", ErrCorrupt, k, err)
-	}
-	return v.Version, nil
 }

@@ -2,99 +2,94 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
-	"golang.org/x/sync/errgroup"
 )
 
-// Broken is a due item that could not be decoded; the refresher reports it
-// and moves on instead of failing the whole tick.
-type Broken struct {
-	PK  string
+// defaultDuePage is how many items one page of the due index holds; with
+// the refresher's queues it bounds what is in memory whatever the backlog.
+const defaultDuePage = 100
+
+func (s *Store) pageSize() int32 {
+	if s.DuePageSize > 0 {
+		return s.DuePageSize
+	}
+	return defaultDuePage
+}
+
+// DueItem is the due index's copy of a connection: enough to schedule it,
+// no tokens (they are read, consistently, when the lease is taken). The
+// index is eventually consistent, so Fence is a hint the lease condition
+// checks.
+type DueItem struct {
+	Key
+	PK         string
+	Kind       string
+	Status     Status
+	Fence      Fence
+	LeaseOwner string
+	LeaseUntil time.Time
+	RefreshAt  time.Time
+	// Err is set when the item cannot be decoded; the refresher reports it
+	// and moves on.
 	Err error
 }
 
-// DueResult is what Due found.
-type DueResult struct {
-	Connections []*Connection
-	Broken      []Broken
+// Leased reports whether the copy shows a live lease at now.
+func (d *DueItem) Leased(now time.Time) bool {
+	return d.LeaseOwner != "" && d.LeaseUntil.After(now)
 }
 
-// Due returns connections whose refresh_at is at or before now, querying
-// every shard of the due index in parallel and following every page. limit
-// caps the total (0: no cap). The index is eventually consistent: callers
-// treat the version they get as a hint the lease condition will check.
-func (s *Store) Due(ctx context.Context, now time.Time, limit int) (*DueResult, error) {
-	if err := s.check(); err != nil {
-		return nil, err
-	}
-	shards := s.shards()
-	perShard := make([]DueResult, shards)
-	g, gctx := errgroup.WithContext(ctx)
-	for i := 0; i < shards; i++ {
-		g.Go(func() error {
-			return s.queryShard(gctx, strconv.Itoa(i), now, limit, &perShard[i])
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	out := &DueResult{}
-	for _, r := range perShard {
-		out.Connections = append(out.Connections, r.Connections...)
-		out.Broken = append(out.Broken, r.Broken...)
-	}
-	if limit > 0 && len(out.Connections) > limit {
-		out.Connections = out.Connections[:limit]
-	}
-	return out, nil
-}
-
-func (s *Store) queryShard(ctx context.Context, shard string, now time.Time, limit int, into *DueResult) error {
-	kc := expression.Key("due_shard").Equal(expression.Value(shard)).
-		And(expression.Key("refresh_at").LessThanEqual(expression.Value(now.Unix())))
-	e, err := buildExpr(expression.NewBuilder().WithKeyCondition(kc))
+func dueItem(av map[string]types.AttributeValue) *DueItem {
+	it, err := decodeConnection(av)
 	if err != nil {
+		d := &DueItem{Err: err}
+		if v, ok := av["pk"].(*types.AttributeValueMemberS); ok {
+			d.PK = v.Value
+		}
+		return d
+	}
+	d := &DueItem{Key: Key{Provider: it.Provider, Connection: it.Connection}, PK: it.PK, Kind: it.Kind, Status: Status(it.Status),
+		Fence: Fence{Generation: it.Generation, Version: it.Version}, LeaseOwner: it.LeaseOwner, RefreshAt: timeOrZero(it.RefreshAt)}
+	if it.LeaseUntilMs != 0 {
+		d.LeaseUntil = time.UnixMilli(it.LeaseUntilMs).UTC()
+	}
+	return d
+}
+
+// ScanDue calls visit, page by page, with every connection of provider
+// whose refresh_at is at or before now, across the provider's shards of
+// the due index. Only one page is held at a time; visit may block to push
+// back. An error from visit stops the scan and is returned.
+func (s *Store) ScanDue(ctx context.Context, provider string, now time.Time, visit func(*DueItem) error) error {
+	if err := s.check(); err != nil {
 		return err
 	}
-	p := dynamodb.NewQueryPaginator(s.DB, &dynamodb.QueryInput{
-		TableName: aws.String(s.Table), IndexName: aws.String(DueIndex),
-		KeyConditionExpression: e.KeyCondition(), ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-		Limit: pageLimit(s.DuePageSize),
-	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return fmt.Errorf("store: query due shard %s: %w", shard, err)
-		}
-		for _, av := range page.Items {
-			c, err := s.fromItem(av)
-			if err != nil {
-				pk := ""
-				if v, ok := av["pk"].(*types.AttributeValueMemberS); ok {
-					pk = v.Value
-				}
-				into.Broken = append(into.Broken, Broken{PK: pk, Err: err})
-				continue
-			}
-			into.Connections = append(into.Connections, c)
-		}
-		if limit > 0 && len(into.Connections) >= limit {
-			break
+	for shard := 0; shard < s.shards(); shard++ {
+		if err := s.queryDue(ctx, provider+"#"+strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
+			return visit(dueItem(av))
+		}); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func pageLimit(n int32) *int32 {
-	if n <= 0 {
-		return nil
+// ScanLegacyDue visits due connections still filed under the shard names
+// used before shards were per provider ("0", "1", …). Any write by the
+// broker moves a connection to its provider's shards, so these drain.
+func (s *Store) ScanLegacyDue(ctx context.Context, now time.Time, visit func(*DueItem) error) error {
+	if err := s.check(); err != nil {
+		return err
 	}
-	return &n
+	for shard := 0; shard < s.shards(); shard++ {
+		if err := s.queryDue(ctx, strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
+			return visit(dueItem(av))
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
 // State is one authorization in flight. It is stored under a hash of the
@@ -37,6 +39,8 @@ type stateItem struct {
 	CreatedAt   int64    `dynamodbav:"created_at"`
 	ExpiresAt   int64    `dynamodbav:"expires_at"`
 	TTL         int64    `dynamodbav:"ttl"`
+	WriteID     string   `dynamodbav:"write_id,omitempty"`
+	ConsumedBy  string   `dynamodbav:"consumed_by,omitempty"`
 }
 
 func statePK(value string) string {
@@ -85,19 +89,30 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 		}
 		it.Verifier = v
 	}
+	w := s.newWrite("put state", st.Key, Fence{})
+	w.create = true
+	it.WriteID = w.ID
 	av, err := attributevalue.MarshalMap(it)
 	if err != nil {
 		return fmt.Errorf("store: marshal state: %w", err)
 	}
-	if err := s.putIfAbsent(ctx, av); err != nil {
-		return fmt.Errorf("%w: state", err)
+	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
+	if err != nil {
+		return err
 	}
-	return nil
+	w.put = &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: av,
+		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
+		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
+	return w.Apply(ctx)
 }
 
-// ConsumeState deletes the state in one conditional delete that also checks
-// its expiry, and returns what it held. A second consume of the same value,
-// an unknown value or an expired one returns ErrStateInvalid.
+// ConsumeState marks the state used in one conditional write that also
+// checks its expiry, and returns what it held. A second consume of the same
+// value, an unknown value or an expired one returns ErrStateInvalid. The
+// state is marked rather than deleted so that a retry of this very consume
+// (the SDK re-sends after a dropped connection) recognises its own mark
+// instead of telling the user the link was already used; the item then
+// ages out with its ttl.
 func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) {
 	if err := s.check(); err != nil {
 		return nil, err
@@ -106,26 +121,37 @@ func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) 
 		return nil, err
 	}
 	pk := statePK(value)
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(
-		expression.AttributeExists(expression.Name("pk")).And(
-			expression.Name("type").Equal(expression.Value("state")),
-			expression.Name("expires_at").GreaterThan(expression.Value(s.now().Unix())))))
+	id := NewWriteID()
+	cond := expression.AttributeExists(expression.Name("pk")).And(
+		expression.Name("type").Equal(expression.Value("state")),
+		expression.Name("expires_at").GreaterThan(expression.Value(s.now().Unix())),
+		expression.AttributeNotExists(expression.Name("consumed_by")))
+	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).
+		WithUpdate(expression.Set(expression.Name("consumed_by"), expression.Value(id))))
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.DB.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName: aws.String(s.Table), Key: keyAttr(pk),
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(), ExpressionAttributeValues: cond.Values(),
-		ReturnValues: "ALL_OLD",
+		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
+		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+		ReturnValues: types.ReturnValueAllNew, ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
 	})
-	if isConditionFailed(err) {
-		return nil, fmt.Errorf("%w", ErrStateInvalid)
-	}
-	if err != nil {
+	var stored map[string]types.AttributeValue
+	var ccf *types.ConditionalCheckFailedException
+	switch {
+	case errors.As(err, &ccf):
+		if v, ok := ccf.Item["consumed_by"].(*types.AttributeValueMemberS); !ok || v.Value != id {
+			return nil, fmt.Errorf("%w", ErrStateInvalid)
+		}
+		stored = ccf.Item // our own consume, applied by an earlier attempt
+	case err != nil:
 		return nil, fmt.Errorf("store: consume state: %w", err)
+	default:
+		stored = out.Attributes
 	}
 	var it stateItem
-	if err := attributevalue.UnmarshalMap(out.Attributes, &it); err != nil {
+	if err := attributevalue.UnmarshalMap(stored, &it); err != nil {
 		return nil, fmt.Errorf("%w: state: %v", ErrCorrupt, err)
 	}
 	st := &State{
@@ -138,7 +164,7 @@ func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) 
 	}
 	if it.Verifier != "" {
 		if st.Verifier, err = s.Ring.Open(it.Verifier, binding(pk, "verifier")); err != nil {
-			return nil, fmt.Errorf("%w: state verifier: %v", ErrCorrupt, err)
+			return nil, fmt.Errorf("%w: state verifier: %w", ErrCorrupt, err)
 		}
 	}
 	return st, nil

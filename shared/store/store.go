@@ -22,11 +22,14 @@ const DueIndex = "due"
 
 // Errors the store returns, wrapped with context. Callers use errors.Is.
 var (
-	// ErrNotFound: no item for the key (or the item has expired).
+	// ErrNotFound: no item for the key (or the item has expired); a
+	// conditional write finds it when the connection was deleted.
 	ErrNotFound = errors.New("store: not found")
-	// ErrVersionConflict: the item's version is not the one the write expected.
+	// ErrVersionConflict: the item is not at the generation and version
+	// the write expected (a *ConflictError carries what is stored).
 	ErrVersionConflict = errors.New("store: version conflict")
-	// ErrLeaseNotGranted: another worker holds a live lease, or the version moved.
+	// ErrLeaseNotGranted: another worker holds a live lease, or the item
+	// moved past the expected fence (a *ConflictError carries it).
 	ErrLeaseNotGranted = errors.New("store: lease not granted")
 	// ErrAlreadyExists: a create found an item already there.
 	ErrAlreadyExists = errors.New("store: already exists")
@@ -43,6 +46,7 @@ var (
 // DynamoDB is the part of the SDK client the store uses; *dynamodb.Client
 // satisfies it.
 type DynamoDB interface {
+	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	PutItem(ctx context.Context, in *dynamodb.PutItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
 	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
@@ -50,11 +54,18 @@ type DynamoDB interface {
 	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
 }
 
+// Keys seals tokens before they are written and opens them after they are
+// read; *sealing.Ring satisfies it.
+type Keys interface {
+	Seal(plaintext, binding string) (string, error)
+	Open(sealed, binding string) (string, error)
+}
+
 // Store reads and writes the table. All fields but Now are required.
 type Store struct {
 	DB    DynamoDB
 	Table string
-	Ring  *sealing.Ring
+	Ring  Keys
 	// Shards is the number of due-index shards (DUE_SHARDS); 8 when zero.
 	Shards int
 	// DuePageSize bounds the items per page of a due-index query; DynamoDB's
@@ -120,11 +131,18 @@ func keyAttr(pk string) map[string]types.AttributeValue {
 	return map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: pk}}
 }
 
-// dueShard places a connection in a shard of the due index. It depends only
-// on the key and the shard count, so a connection's shard is stable.
+// dueShard places a connection in a shard of the due index: its
+// provider's name and a number that depends only on the key and the shard
+// count, so a connection's shard is stable and the refresher can read each
+// provider's due connections on their own, without one provider's backlog
+// standing in front of another's.
 func (s *Store) dueShard(k Key) string {
+	return k.Provider + "#" + s.shardNumber(k.pk())
+}
+
+func (s *Store) shardNumber(pk string) string {
 	h := fnv.New32a()
-	_, _ = h.Write([]byte(k.pk()))
+	_, _ = h.Write([]byte(pk))
 	return strconv.Itoa(int(h.Sum32() % uint32(s.shards())))
 }
 
@@ -135,13 +153,8 @@ func Fingerprint(secret string) string {
 	return hex.EncodeToString(sum[:4])
 }
 
-func isConditionFailed(err error) bool {
-	var ccf *types.ConditionalCheckFailedException
-	return errors.As(err, &ccf)
-}
-
 func (s *Store) check() error {
-	if s == nil || s.DB == nil || s.Table == "" || s.Ring == nil {
+	if s == nil || s.DB == nil || s.Table == "" || s.Ring == nil || isNilKeys(s.Ring) {
 		return fmt.Errorf("%w: store is not configured (DB, Table and Ring are required)", ErrInvalid)
 	}
 	return nil
@@ -167,4 +180,10 @@ func timeOrZero(sec int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(sec, 0).UTC()
+}
+
+// isNilKeys catches a typed nil (*sealing.Ring)(nil) in the Keys interface.
+func isNilKeys(k Keys) bool {
+	r, ok := k.(*sealing.Ring)
+	return ok && r == nil
 }

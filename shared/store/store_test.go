@@ -84,7 +84,7 @@ func TestLeaseRaceExactlyOneWinner(t *testing.T) {
 				defer wg.Done()
 				<-start
 				owner := fmt.Sprintf("w%d", i)
-				err := s.AcquireLease(ctx, k, c.Version, owner, time.Now().Add(30*time.Second))
+				_, err := s.AcquireLease(ctx, k, c.Fence(), store.Lease{Owner: owner, Until: time.Now().Add(30 * time.Second)})
 				switch {
 				case err == nil:
 					wins.Add(1)
@@ -109,7 +109,7 @@ func TestLeaseRaceExactlyOneWinner(t *testing.T) {
 			t.Fatalf("round %d: stored owner %q, winner %q", round, held.LeaseOwner, winner.Load())
 		}
 		held.AccessToken = fmt.Sprintf("tok-%d", round+1)
-		if err := s.Commit(ctx, held, c.Version); err != nil {
+		if err := s.Commit(ctx, held, c.Fence()); err != nil {
 			t.Fatalf("round %d: commit: %v", round, err)
 		}
 	}
@@ -124,18 +124,26 @@ func TestLeaseExpiresAndCanBeRetaken(t *testing.T) {
 	ctx := context.Background()
 	k := store.Key{Provider: "sina", Connection: "expiry"}
 	c := seed(t, s, k, "tok")
-	if err := s.AcquireLease(ctx, k, c.Version, "a", time.Now().Add(-time.Millisecond)); err != nil {
+	lease := func(v int64, owner string, until time.Time) error {
+		_, err := s.AcquireLease(ctx, k, store.Fence{Generation: c.Generation, Version: v}, store.Lease{Owner: owner, Until: until})
+		return err
+	}
+	if err := lease(c.Version, "a", time.Now().Add(-time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	// The first lease is already past: another worker may take it.
-	if err := s.AcquireLease(ctx, k, c.Version, "b", time.Now().Add(time.Minute)); err != nil {
+	if err := lease(c.Version, "b", time.Now().Add(time.Minute)); err != nil {
 		t.Fatalf("expired lease not retaken: %v", err)
 	}
-	if err := s.AcquireLease(ctx, k, c.Version, "c", time.Now().Add(time.Minute)); !errors.Is(err, store.ErrLeaseNotGranted) {
+	if err := lease(c.Version, "c", time.Now().Add(time.Minute)); !errors.Is(err, store.ErrLeaseNotGranted) {
 		t.Fatalf("live lease taken twice: %v", err)
 	}
-	if err := s.AcquireLease(ctx, k, c.Version+1, "d", time.Now().Add(time.Minute)); !errors.Is(err, store.ErrLeaseNotGranted) {
+	if err := lease(c.Version+1, "d", time.Now().Add(time.Minute)); !errors.Is(err, store.ErrLeaseNotGranted) {
 		t.Fatalf("lease at a version that does not exist: %v", err)
+	}
+	var ce *store.ConflictError
+	if err := lease(c.Version, "e", time.Now().Add(time.Minute)); !errors.As(err, &ce) || ce.Current == nil || ce.Current.LeaseOwner != "b" {
+		t.Fatalf("a refused lease must carry the stored item: %v", err)
 	}
 }
 
@@ -148,19 +156,19 @@ func TestStaleCommitChangesNothing(t *testing.T) {
 
 	newer := *v0
 	newer.AccessToken = "newer-token"
-	if err := s.Commit(ctx, &newer, v0.Version); err != nil {
+	if err := s.Commit(ctx, &newer, v0.Fence()); err != nil {
 		t.Fatal(err)
 	}
 	older := *v0
 	older.AccessToken = "older-token"
 	older.RefreshToken = "older-refresh"
-	if err := s.Commit(ctx, &older, v0.Version); !errors.Is(err, store.ErrVersionConflict) {
+	if err := s.Commit(ctx, &older, v0.Fence()); !errors.Is(err, store.ErrVersionConflict) {
 		t.Fatalf("stale commit: %v, want ErrVersionConflict", err)
 	}
-	if err := s.RecordFailure(ctx, k, v0.Version, store.Failure{Message: "x", Attempts: 1, NextAttempt: time.Now()}); !errors.Is(err, store.ErrVersionConflict) {
+	if err := s.RecordFailure(ctx, k, v0.Fence(), store.Failure{Message: "x", Attempts: 1, NextAttempt: time.Now()}); !errors.Is(err, store.ErrVersionConflict) {
 		t.Fatalf("stale RecordFailure: %v", err)
 	}
-	if err := s.MarkNeedsReauth(ctx, k, v0.Version, "x"); !errors.Is(err, store.ErrVersionConflict) {
+	if err := s.MarkNeedsReauth(ctx, k, v0.Fence(), "x"); !errors.Is(err, store.ErrVersionConflict) {
 		t.Fatalf("stale MarkNeedsReauth: %v", err)
 	}
 	got, _ := s.Get(ctx, k, true)
@@ -179,7 +187,7 @@ func TestFailureAndNeedsReauthLeaveDueIndex(t *testing.T) {
 	for _, k := range []store.Key{a, b} {
 		c := seed(t, s, k, "t-"+k.Connection)
 		c.RefreshAt = now.Add(-time.Minute)
-		if err := s.Commit(ctx, c, c.Version); err != nil {
+		if err := s.Commit(ctx, c, c.Fence()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -188,11 +196,11 @@ func TestFailureAndNeedsReauthLeaveDueIndex(t *testing.T) {
 		t.Fatalf("due = %v, want a and b", due)
 	}
 	ca, _ := s.Get(ctx, a, true)
-	if err := s.RecordFailure(ctx, a, ca.Version, store.Failure{Message: "provider 503", Attempts: 1, NextAttempt: now.Add(time.Hour)}); err != nil {
+	if err := s.RecordFailure(ctx, a, ca.Fence(), store.Failure{Message: "provider 503", Attempts: 1, NextAttempt: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	cb, _ := s.Get(ctx, b, true)
-	if err := s.MarkNeedsReauth(ctx, b, cb.Version, "invalid_grant"); err != nil {
+	if err := s.MarkNeedsReauth(ctx, b, cb.Fence(), "invalid_grant"); err != nil {
 		t.Fatal(err)
 	}
 	if due := dueKeys(t, s, now); len(due) != 0 {
@@ -213,13 +221,16 @@ func TestFailureAndNeedsReauthLeaveDueIndex(t *testing.T) {
 
 func dueKeys(t *testing.T, s *store.Store, now time.Time) []string {
 	t.Helper()
-	res, err := s.Due(context.Background(), now, 0)
+	var keys []string
+	err := s.ScanDue(context.Background(), "p", now, func(d *store.DueItem) error {
+		if d.Err != nil {
+			t.Errorf("due item %s: %v", d.PK, d.Err)
+		}
+		keys = append(keys, d.Key.String())
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	var keys []string
-	for _, c := range res.Connections {
-		keys = append(keys, c.Key.String())
 	}
 	return keys
 }
@@ -244,32 +255,46 @@ func TestDueAcrossShardsWithPagination(t *testing.T) {
 	if err := s.Create(ctx, &store.Connection{Key: store.Key{Provider: "p", Connection: "norefresh"}, AccessToken: "t"}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.Due(ctx, now, 0)
-	if err != nil {
+	// Another provider's due connection is not in this provider's scan.
+	if err := s.Create(ctx, &store.Connection{Key: store.Key{Provider: "q", Connection: "c00"}, AccessToken: "t",
+		RefreshToken: "r", Status: store.StatusActive, RefreshAt: now.Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}
-	for _, c := range res.Connections {
-		seen[c.Connection]++
+	for _, k := range dueKeys(t, s, now) {
+		seen[k]++
 	}
-	if len(res.Connections) != n || len(seen) != n {
-		t.Fatalf("due returned %d (%d distinct), want %d", len(res.Connections), len(seen), n)
+	if len(seen) != n {
+		t.Fatalf("due returned %d distinct, want %d: %v", len(seen), n, seen)
+	}
+	for k, times := range seen {
+		if times != 1 || !strings.HasPrefix(k, "p/c") {
+			t.Fatalf("due %s seen %d times", k, times)
+		}
 	}
 	// Every shard must hold some of them, or the test proves nothing about shards.
 	for shard := 0; shard < 3; shard++ {
 		out, err := db.Query(ctx, &dynamodb.QueryInput{TableName: aws.String(s.Table), IndexName: aws.String(store.DueIndex),
 			KeyConditionExpression:    aws.String("due_shard = :s"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{":s": &types.AttributeValueMemberS{Value: fmt.Sprint(shard)}}})
+			ExpressionAttributeValues: map[string]types.AttributeValue{":s": &types.AttributeValueMemberS{Value: fmt.Sprintf("p#%d", shard)}}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if out.Count == 0 {
-			t.Fatalf("shard %d is empty", shard)
+			t.Fatalf("shard p#%d is empty", shard)
 		}
 	}
-	limited, err := s.Due(ctx, now, 10)
-	if err != nil || len(limited.Connections) != 10 {
-		t.Fatalf("limit 10: %d, %v", len(limited.Connections), err)
+	// The scan stops when the visitor says so, within one page.
+	visited := 0
+	stop := errors.New("enough")
+	if err := s.ScanDue(ctx, "p", now, func(*store.DueItem) error {
+		visited++
+		if visited == 10 {
+			return stop
+		}
+		return nil
+	}); !errors.Is(err, stop) || visited != 10 {
+		t.Fatalf("stopped scan: %d visited, %v", visited, err)
 	}
 }
 
@@ -380,16 +405,16 @@ func TestBadInputIsAnErrorNotAPanic(t *testing.T) {
 			if err := s.Create(ctx, &store.Connection{Key: k}); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("Create: %v", err)
 			}
-			if err := s.AcquireLease(ctx, k, 0, "o", time.Now()); !errors.Is(err, store.ErrInvalid) {
+			if _, err := s.AcquireLease(ctx, k, store.Fence{}, store.Lease{Owner: "o", Until: time.Now()}); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("AcquireLease: %v", err)
 			}
-			if err := s.MarkNeedsReauth(ctx, k, 0, "r"); !errors.Is(err, store.ErrInvalid) {
+			if err := s.MarkNeedsReauth(ctx, k, store.Fence{}, "r"); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("MarkNeedsReauth: %v", err)
 			}
-			if err := s.RecordFailure(ctx, k, 0, store.Failure{}); !errors.Is(err, store.ErrInvalid) {
+			if err := s.RecordFailure(ctx, k, store.Fence{}, store.Failure{}); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("RecordFailure: %v", err)
 			}
-			if err := s.Delete(ctx, k); !errors.Is(err, store.ErrInvalid) {
+			if err := s.Delete(ctx, k, nil); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("Delete: %v", err)
 			}
 		})
@@ -404,10 +429,10 @@ func TestBadInputIsAnErrorNotAPanic(t *testing.T) {
 	if err := s.Create(ctx, &store.Connection{Key: good, Extra: many}); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("too many extras: %v", err)
 	}
-	if err := s.AcquireLease(ctx, good, 0, "", time.Now()); !errors.Is(err, store.ErrInvalid) {
+	if _, err := s.AcquireLease(ctx, good, store.Fence{}, store.Lease{Until: time.Now()}); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("empty owner: %v", err)
 	}
-	if _, err := s.CountCall(ctx, "", time.Now(), 10); !errors.Is(err, store.ErrInvalid) {
+	if _, err := s.CountCall(ctx, "", "2026-11-23", 10); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("quota without provider: %v", err)
 	}
 	if err := s.PutState(ctx, "short", &store.State{Key: good, ExpiresAt: time.Now()}); !errors.Is(err, store.ErrInvalid) {
@@ -420,7 +445,7 @@ func TestBadInputIsAnErrorNotAPanic(t *testing.T) {
 	if _, err := unconfigured.Get(ctx, good, false); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("nil store: %v", err)
 	}
-	if err := s.AcquireLease(ctx, store.Key{Provider: "gh", Connection: "missing"}, 0, "o", time.Now()); !errors.Is(err, store.ErrLeaseNotGranted) {
+	if _, err := s.AcquireLease(ctx, store.Key{Provider: "gh", Connection: "missing"}, store.Fence{}, store.Lease{Owner: "o", Until: time.Now()}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("lease on a missing item: %v", err)
 	}
 	if _, err := s.Get(ctx, store.Key{Provider: "gh", Connection: "missing"}, false); !errors.Is(err, store.ErrNotFound) {
@@ -457,20 +482,24 @@ func TestBadInputIsAnErrorNotAPanic(t *testing.T) {
 func TestQuotaBudget(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
-	day := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 	for i := 1; i <= 3; i++ {
-		n, err := s.CountCall(ctx, "wechat-mp", day, 3)
+		n, err := s.CountCall(ctx, "wechat:wx1", "2026-11-23", 3)
 		if err != nil || n != i {
 			t.Fatalf("call %d: count %d, %v", i, n, err)
 		}
 	}
-	if _, err := s.CountCall(ctx, "wechat-mp", day, 3); !errors.Is(err, store.ErrQuotaExhausted) {
+	if _, err := s.CountCall(ctx, "wechat:wx1", "2026-11-23", 3); !errors.Is(err, store.ErrQuotaExhausted) {
 		t.Fatalf("4th call of 3: %v", err)
 	}
-	if n, err := s.CountCall(ctx, "wechat-mp", day.Add(24*time.Hour), 3); err != nil || n != 1 {
-		t.Fatalf("next UTC day: %d, %v", n, err)
+	if n, err := s.CountCall(ctx, "wechat:wx1", "2026-11-24", 3); err != nil || n != 1 {
+		t.Fatalf("next day: %d, %v", n, err)
 	}
-	if n, err := s.CountCall(ctx, "other", day, 3); err != nil || n != 1 {
+	for _, bad := range []string{"wechat:", "a b", "2026-13-01"} {
+		if _, err := s.CountCall(ctx, bad, bad, 3); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("counter %q: %v", bad, err)
+		}
+	}
+	if n, err := s.CountCall(ctx, "wechat:other", "2026-11-23", 3); err != nil || n != 1 {
 		t.Fatalf("other app: %d, %v", n, err)
 	}
 }

@@ -65,6 +65,17 @@ const (
 	NeedsReauth      = "NeedsReauth"
 	TokenServed      = "TokenServed"
 	QuotaRefused     = "QuotaRefused"
+	// QuotaUsed is the WeChat cgi-bin/token calls counted so far today, per AppID.
+	QuotaUsed = "QuotaUsed"
+	// RefreshFailing counts failure streaks announced (Connection Refresh Failing).
+	RefreshFailing = "RefreshFailing"
+	// RefreshUnsaved counts refreshes the provider answered whose result
+	// DynamoDB would not store within the time budget.
+	RefreshUnsaved = "RefreshUnsaved"
+	// EventsFailed counts lifecycle events EventBridge would not take.
+	EventsFailed = "EventsFailed"
+	// RefresherDuration is how long one refresher tick took.
+	RefresherDuration = "RefresherDuration"
 )
 
 // Metrics writes EMF lines; CloudWatch turns them into metrics with no API

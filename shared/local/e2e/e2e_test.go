@@ -177,10 +177,9 @@ func TestWeChatGlobalTokenFetchedOnceAndShared(t *testing.T) {
 
 func TestProviderErrorsKeepTheStoredToken(t *testing.T) {
 	f := fns(t)
-	stack.Sina.AccessTTL = 90 * time.Second
-	defer func() { stack.Sina.AccessTTL = 604800 * time.Second }()
 	conn := "errors"
 	connect(t, f, devstack.SinaCloud, conn)
+	ageConnection(t, stack.Table, devstack.SinaCloud, conn, 90*time.Second)
 	first := tokenOf(t, f.token, devstack.SinaCloud, conn, "")
 	expectStatus(t, first, 200, "")
 	for _, tc := range []struct {
@@ -199,7 +198,8 @@ func TestProviderErrorsKeepTheStoredToken(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fault()
-			// min_ttl above the token's 90 s life forces a refresh.
+			// min_ttl above what is left of the token forces a refresh.
+			ageConnection(t, stack.Table, devstack.SinaCloud, conn, 90*time.Second)
 			resp := tokenOf(t, f.token, devstack.SinaCloud, conn, "min_ttl=600")
 			expectStatus(t, resp, tc.status, tc.code)
 			after := tokenOf(t, f.token, devstack.SinaCloud, conn, "min_ttl=0")
@@ -215,6 +215,7 @@ func TestProviderErrorsKeepTheStoredToken(t *testing.T) {
 	}
 	// A refused grant: 409 needs_reauth, and the connection says so.
 	stack.Sina.Inject("/oauth2/access_token", oauthFault(400, "invalid_grant", "refresh token revoked"), 1)
+	ageConnection(t, stack.Table, devstack.SinaCloud, conn, 90*time.Second)
 	expectStatus(t, tokenOf(t, f.token, devstack.SinaCloud, conn, "min_ttl=600"), 409, "needs_reauth")
 	expectStatus(t, tokenOf(t, f.token, devstack.SinaCloud, conn, "min_ttl=0"), 409, "needs_reauth")
 	calls := stack.Sina.Calls("/oauth2/access_token")
@@ -229,10 +230,8 @@ func TestProviderErrorsKeepTheStoredToken(t *testing.T) {
 
 func TestStampedeOneRefresh(t *testing.T) {
 	f := fns(t)
-	stack.Sina.AccessTTL = 90 * time.Second
 	conn := "stampede"
 	connect(t, f, devstack.SinaCloud, conn)
-	stack.Sina.AccessTTL = 604800 * time.Second
 	const sandboxes, callers = 10, 100
 	runners := make([]*lambdarun.Runner, sandboxes)
 	for i := range runners {
@@ -248,6 +247,7 @@ func TestStampedeOneRefresh(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	ageConnection(t, stack.Table, devstack.SinaCloud, conn, 90*time.Second)
 	refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()
 	tokens := make([]string, callers)
 	latencies := make([]time.Duration, callers)

@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"tokenbroker/shared/provider"
+	"tokenbroker/shared/store"
+)
+
+// Budget is the time budget every refresh obeys. What it protects is the
+// provider call, because that is what spends a single-use refresh token:
+//
+//   - A provider call starts only when the caller's own time (its Lambda
+//     deadline, less Reserve to answer) covers Provider + Commit, measured
+//     after it holds the lease.
+//   - The lease is sized to its holder: it lasts until the holder's own
+//     hold deadline (now + Provider + Commit + Skew at most, never past the
+//     invocation's deadline) plus Skew for other instances' clocks. The
+//     holder stops working by its hold deadline, so while it may still
+//     commit, nobody else can take the lease and present the same refresh
+//     token.
+//   - After the provider answered, the commit is retried through DynamoDB
+//     faults, on a context detached from the caller's cancellation, until
+//     the hold deadline.
+//   - Waiters never wait past their own deadline, and never take over a
+//     lease they could not finish: they answer provider_unavailable.
+//
+// With the defaults (10 s, 8 s, 2 s, 1 s) a lease lasts at most 22 s, the
+// token function (30 s) can start a refresh with up to 11 s already spent,
+// and the refresher (55 s) starts new refreshes until 19 s before its end.
+type Budget struct {
+	// Provider bounds one provider call.
+	Provider time.Duration
+	// Commit is kept after the provider call to store its result.
+	Commit time.Duration
+	// Skew is the margin for clocks: added to the hold to size the lease.
+	Skew time.Duration
+	// Reserve is left at the end of an invocation to answer.
+	Reserve time.Duration
+}
+
+// DefaultBudget is the budget the functions run with.
+func DefaultBudget() Budget {
+	return Budget{Provider: provider.DefaultTimeout, Commit: 8 * time.Second, Skew: 2 * time.Second, Reserve: time.Second}
+}
+
+func (b *Broker) budget() Budget {
+	if b.Budget.Provider > 0 {
+		return b.Budget
+	}
+	return DefaultBudget()
+}
+
+// needed is the time a holder must have left before calling the provider.
+func (bg Budget) needed() time.Duration { return bg.Provider + bg.Commit }
+
+// maxHold is the longest one holder works under one lease.
+func (bg Budget) maxHold() time.Duration { return bg.needed() + bg.Skew }
+
+// hold is when a refresh that starts now must be finished by: its own
+// bound, or the invocation's deadline less the reserve. ok is false when
+// that leaves too little time to call the provider and store the result.
+func (b *Broker) hold(ctx context.Context, now time.Time) (deadline time.Time, ok bool) {
+	bg := b.budget()
+	deadline = now.Add(bg.maxHold())
+	if d, has := ctx.Deadline(); has && d.Add(-bg.Reserve).Before(deadline) {
+		deadline = d.Add(-bg.Reserve)
+	}
+	return deadline, deadline.Sub(now) >= bg.needed()
+}
+
+// newLease is a lease for a holder that works until hold.
+func (b *Broker) newLease(hold time.Time) store.Lease {
+	return store.Lease{Owner: b.newLeaseOwner(), Until: hold.Add(b.budget().Skew)}
+}
+
+// waitDeadline is how long a caller may wait for another worker: its own
+// deadline less the reserve, and without a deadline two leases' worth.
+func (b *Broker) waitDeadline(ctx context.Context, now time.Time) time.Time {
+	bg := b.budget()
+	limit := now.Add(2 * (bg.maxHold() + bg.Skew))
+	if d, has := ctx.Deadline(); has && d.Add(-bg.Reserve).Before(limit) {
+		limit = d.Add(-bg.Reserve)
+	}
+	return limit
+}
+
+// durably applies w until it succeeds, fails for good, or hold passes;
+// it runs on a context detached from the caller's cancellation, because
+// what it stores (a rotated refresh token) exists nowhere else. Each
+// attempt is bounded so that one stalled connection does not eat the
+// whole budget.
+func (b *Broker) durably(ctx context.Context, hold time.Time, w *store.Write) error {
+	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), hold)
+	defer cancel()
+	perAttempt := max(b.budget().Commit/3, 500*time.Millisecond)
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		actx, acancel := context.WithTimeout(dctx, perAttempt)
+		err := w.Apply(actx)
+		acancel()
+		if err == nil || !store.Retryable(err) || dctx.Err() != nil {
+			return err
+		}
+		b.log().WarnContext(ctx, "store write failed; retrying", "write", w.ID[:8], "attempt", attempt, "error", err.Error())
+		select {
+		case <-dctx.Done():
+			return err
+		case <-time.After(wait + b.jitter(wait)):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}

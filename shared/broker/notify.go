@@ -1,0 +1,113 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"tokenbroker/shared/store"
+	"tokenbroker/shared/telemetry"
+)
+
+// publishTimeout bounds publishing one batch of notices.
+const publishTimeout = 5 * time.Second
+
+// publish sends notices that were written together with a state change
+// and deletes each one sent. A notice that cannot be sent stays in the
+// table and the refresher sends it later; a user's request never fails
+// because of it.
+func (b *Broker) publish(ctx context.Context, st *store.Store, notices ...store.Notice) {
+	if len(notices) == 0 {
+		return
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	for _, n := range notices {
+		if !b.send(pctx, n) {
+			continue
+		}
+		if err := st.DeleteNotice(pctx, n.ID); err != nil {
+			b.log().WarnContext(ctx, "published notice not deleted; it may be sent again", "detail_type", n.DetailType, "error", err.Error())
+		}
+	}
+}
+
+// send publishes one notice and emits its metric.
+func (b *Broker) send(ctx context.Context, n store.Notice) bool {
+	if b.Notifier != nil {
+		if err := b.Notifier.Publish(ctx, n.DetailType, n.Detail); err != nil {
+			b.Metrics.Count(telemetry.EventsFailed, 1, nil)
+			b.log().ErrorContext(ctx, "lifecycle event not published; the refresher retries it", "detail_type", n.DetailType,
+				"provider", n.Key.Provider, "connection", n.Key.Connection, "error", err.Error())
+			return false
+		}
+	}
+	dims := map[string]string{"Provider": n.Key.Provider}
+	switch n.DetailType {
+	case telemetry.DetailTypeNeedsReauth:
+		b.Metrics.Count(telemetry.NeedsReauth, 1, dims)
+	case telemetry.DetailTypeRefreshFailing:
+		b.Metrics.Count(telemetry.RefreshFailing, 1, dims)
+	}
+	return true
+}
+
+func (b *Broker) notice(st *store.Store, k store.Key, detailType string, detail any) store.Notice {
+	raw, err := json.Marshal(detail)
+	if err != nil {
+		raw = []byte(`{}`)
+	}
+	return st.NewNotice(k, detailType, raw)
+}
+
+func (b *Broker) needsReauthNotice(st *store.Store, c *store.Connection, reason, providerCode string) store.Notice {
+	return b.notice(st, c.Key, telemetry.DetailTypeNeedsReauth, telemetry.NeedsReauthDetail{Provider: c.Provider, Connection: c.Connection,
+		Reason: reason, ProviderError: providerCode, Metadata: telemetry.Labels(c.Metadata)})
+}
+
+func (b *Broker) failingNotice(st *store.Store, c *store.Connection, attempts int, lastError string) store.Notice {
+	var expires *string
+	if !c.ExpiresAt.IsZero() {
+		s := c.ExpiresAt.UTC().Format(time.RFC3339)
+		expires = &s
+	}
+	return b.notice(st, c.Key, telemetry.DetailTypeRefreshFailing, telemetry.RefreshFailingDetail{Provider: c.Provider, Connection: c.Connection,
+		Attempts: attempts, LastError: lastError, ExpiresAt: expires, Metadata: telemetry.Labels(c.Metadata)})
+}
+
+func (b *Broker) recoveredNotice(st *store.Store, c *store.Connection) store.Notice {
+	return b.notice(st, c.Key, telemetry.DetailTypeRecovered, telemetry.RecoveredDetail{Provider: c.Provider, Connection: c.Connection,
+		Metadata: telemetry.Labels(c.Metadata)})
+}
+
+func (b *Broker) authorizedNotice(st *store.Store, c *store.Connection, via string) store.Notice {
+	account := ""
+	for _, k := range []string{"openid", "sub", "uid"} {
+		if v := c.Extra[k]; v != "" {
+			account = v
+			break
+		}
+	}
+	return b.notice(st, c.Key, telemetry.DetailTypeAuthorized, telemetry.AuthorizedDetail{Provider: c.Provider, Connection: c.Connection,
+		Via: via, Account: account, Scope: c.Scope, Metadata: telemetry.Labels(c.Metadata)})
+}
+
+func (b *Broker) deletedNotice(st *store.Store, c *store.Connection, revoked bool) store.Notice {
+	return b.notice(st, c.Key, telemetry.DetailTypeDeleted, telemetry.DeletedDetail{Provider: c.Provider, Connection: c.Connection,
+		Revoked: revoked, Metadata: telemetry.Labels(c.Metadata)})
+}
+
+// PublishPending sends the notices whose writers did not (a process that
+// died between its write and the publish); the refresher calls it.
+func (b *Broker) publishPending(ctx context.Context, st *store.Store) (sent int, err error) {
+	err = st.ScanNotices(ctx, b.now(), func(n *store.Notice) error {
+		if b.send(ctx, *n) {
+			sent++
+			if derr := st.DeleteNotice(ctx, n.ID); derr != nil {
+				b.log().WarnContext(ctx, "published notice not deleted; it may be sent again", "detail_type", n.DetailType, "error", derr.Error())
+			}
+		}
+		return ctx.Err()
+	})
+	return sent, err
+}

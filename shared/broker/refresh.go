@@ -1,0 +1,221 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"tokenbroker/shared/provider"
+	"tokenbroker/shared/store"
+	"tokenbroker/shared/telemetry"
+)
+
+// refreshHeld calls the provider while c's lease is held (its holder works
+// until hold), then stores the outcome: the new tokens (a rotated refresh
+// token above all) or the failure, durably.
+func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, hold time.Time) (*store.Connection, error) {
+	now := b.now()
+	if !e.cfg.Machine() && !c.RefreshExpiresAt.IsZero() && !now.Before(c.RefreshExpiresAt) {
+		return b.refusedFor(ctx, e, c, "the refresh token expired", "", hold)
+	}
+	// The call is detached from the caller's cancellation (a request given
+	// up half way must not cut a rotation in half) and bounded so that the
+	// commit budget is left after it.
+	bg := b.budget()
+	deadline := now.Add(bg.Provider)
+	if limit := hold.Add(-bg.Commit); limit.Before(deadline) {
+		deadline = limit
+	}
+	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	var ts *provider.TokenSet
+	var err error
+	if e.cfg.Machine() {
+		if err = b.quotaGuard(pctx, e); err == nil {
+			ts, err = e.client.MachineToken(pctx)
+		}
+	} else {
+		ts, err = e.client.Refresh(pctx, c.RefreshToken)
+	}
+	cancel()
+	b.Metrics.Milliseconds(telemetry.ProviderLatency, b.now().Sub(now), map[string]string{"Provider": c.Provider, "Op": "refresh"})
+	if err != nil {
+		return b.refreshFailed(ctx, e, c, err, hold)
+	}
+	next := *c
+	applyTokens(&next, ts)
+	now = b.now()
+	next.Status, next.Attempts, next.LastError, next.LastErrorAt, next.RefreshedAt = store.StatusActive, 0, "", time.Time{}, now
+	next.RefreshDenied = ""
+	var notices []store.Notice
+	if c.FailingNotified {
+		next.FailingNotified = false
+		notices = append(notices, b.recoveredNotice(e.store, c))
+	}
+	scheduleRefresh(&next, e.cfg, now)
+	w, err := e.store.PrepareCommit(&next, c.Fence(), notices...)
+	if err == nil {
+		err = b.durably(ctx, hold, w)
+	}
+	var ce *store.ConflictError
+	switch {
+	case err == nil:
+		next.Version, next.LeaseOwner, next.LeaseUntil = c.Version+1, "", time.Time{}
+		b.Metrics.Count(telemetry.RefreshSucceeded, 1, map[string]string{"Provider": c.Provider})
+		b.log().InfoContext(ctx, "token refreshed", "provider", c.Provider, "connection", c.Connection,
+			"token_fingerprint", store.Fingerprint(next.AccessToken), "expires_at", next.ExpiresAt, "version", next.Version)
+		b.publish(ctx, e.store, notices...)
+		return &next, nil
+	case errors.Is(err, store.ErrNotFound):
+		b.log().WarnContext(ctx, "connection deleted during its refresh; new tokens discarded", "provider", c.Provider, "connection", c.Connection)
+		b.revokeOrphan(ctx, e, c, ts)
+		return nil, Errorf(CodeNotFound, "connection %s was deleted while it was being refreshed", c.Key)
+	case errors.As(err, &ce) && ce.Current != nil:
+		if ce.Current.Generation != c.Generation {
+			// Re-authorized (maybe by another account) while we refreshed
+			// the old grant: the new grant stands, the old one's tokens go.
+			b.log().WarnContext(ctx, "connection re-authorized during its refresh; the old grant's new tokens discarded", "provider", c.Provider, "connection", c.Connection)
+			b.revokeOrphan(ctx, e, c, ts)
+		} else {
+			b.log().ErrorContext(ctx, "refresh lost the version race: the lease ran out under its holder", "provider", c.Provider, "connection", c.Connection)
+		}
+		if ce.Current.Status == store.StatusNeedsReauth {
+			return nil, needsReauth(ce.Current)
+		}
+		return ce.Current, nil
+	default:
+		// DynamoDB refused every write until the hold ran out. The provider
+		// may have rotated the grant: the next refresh presents the old
+		// refresh token, and a provider that refuses it ends the connection
+		// in needs_reauth, visibly.
+		b.Metrics.Count(telemetry.RefreshUnsaved, 1, map[string]string{"Provider": c.Provider})
+		b.log().ErrorContext(ctx, "refreshed tokens could not be stored; the previous refresh token may be spent",
+			"provider", c.Provider, "connection", c.Connection, "error", err.Error())
+		return nil, storeError(err, "connection")
+	}
+}
+
+// revokeOrphan revokes, where the provider can, tokens fetched for a grant
+// that was deleted or replaced while they were being fetched, so that no
+// live credential of it is left behind.
+func (b *Broker) revokeOrphan(ctx context.Context, e *env, c *store.Connection, ts *provider.TokenSet) {
+	token, hint := ts.RefreshToken, "refresh_token"
+	if token == "" || token == c.RefreshToken {
+		token, hint = ts.AccessToken, "access_token"
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.budget().Provider)
+	defer cancel()
+	if err := e.client.Revoke(rctx, token, hint); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+		b.log().WarnContext(ctx, "revoking the discarded tokens failed", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
+	}
+}
+
+// refreshFailed records a failed refresh. A refusal of the grant marks the
+// connection needs_reauth (unless another worker already moved it on); a
+// configuration or transient failure keeps the tokens and retries later,
+// and a streak that goes on past the token's expiry (or FailingAfter
+// attempts) is announced once.
+func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection, cause error, hold time.Time) (*store.Connection, error) {
+	class := provider.ClassOf(cause)
+	b.Metrics.Count(telemetry.RefreshFailed, 1, map[string]string{"Provider": c.Provider, "Class": class.String()})
+	b.log().WarnContext(ctx, "refresh failed", "provider", c.Provider, "connection", c.Connection, "class", class.String(), "error", cause.Error())
+	var pe *provider.Error
+	code := ""
+	if errors.As(cause, &pe) {
+		code = pe.Code
+	}
+	if class == provider.ClassReauth && !e.cfg.Machine() {
+		return b.refusedFor(ctx, e, c, "the provider refused the refresh: "+describe(cause), code, hold)
+	}
+	attempts := c.Attempts + 1
+	now := b.now()
+	f := store.Failure{Message: describe(cause), Attempts: attempts, NextAttempt: now.Add(b.retryDelay(attempts, c.ExpiresAt, now)),
+		FailingNotified: c.FailingNotified}
+	var notices []store.Notice
+	if !c.FailingNotified && (attempts >= FailingAfter || (!c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt))) {
+		f.FailingNotified = true
+		notices = append(notices, b.failingNotice(e.store, c, attempts, f.Message))
+	}
+	w, err := e.store.PrepareFailure(c.Key, c.Fence(), f, notices...)
+	if err == nil {
+		err = b.durably(ctx, hold, w)
+	}
+	switch {
+	case err == nil:
+		b.publish(ctx, e.store, notices...)
+	case errors.Is(err, store.ErrVersionConflict) || errors.Is(err, store.ErrNotFound):
+		// Deleted, re-authorized or refreshed by someone else meanwhile.
+	default:
+		b.log().ErrorContext(ctx, "could not record refresh failure", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
+	}
+	if errors.Is(cause, errQuota) {
+		return nil, wrap(CodeProviderUnavailable, cause, "%s", describe(cause))
+	}
+	if class == provider.ClassConfig {
+		return nil, wrap(CodeProviderError, cause, "the provider rejected the app's credentials or settings (%s); an operator must fix provider %q", describe(cause), c.Provider)
+	}
+	return nil, wrap(CodeProviderUnavailable, cause, "refreshing %s failed (%s); the old token is kept and the refresh is retried", c.Key, describe(cause))
+}
+
+// refusedFor ends a grant the provider refused: needs_reauth, unless the
+// write finds that another worker moved the connection on (then its
+// result stands and is served).
+func (b *Broker) refusedFor(ctx context.Context, e *env, c *store.Connection, reason, providerCode string, hold time.Time) (*store.Connection, error) {
+	current, err := b.markNeedsReauth(ctx, e, c, reason, providerCode, &hold)
+	if err == nil && current != nil {
+		return current, nil
+	}
+	return nil, err
+}
+
+func describe(err error) string {
+	var pe *provider.Error
+	if errors.As(err, &pe) {
+		return fmt.Sprintf("%s: %s", pe.Code, pe.Message)
+	}
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae.Message
+	}
+	if errors.Is(err, errQuota) {
+		return err.Error()
+	}
+	return "internal error"
+}
+
+// markNeedsReauth takes c out of service at its fence and announces it,
+// once: the needs_reauth state and its event are written in one
+// transaction, so the event is published by this process or, if it dies
+// first, by the refresher. When the write finds the connection moved on,
+// it returns what is there instead: an active connection to serve, or the
+// needs_reauth error of a mark someone else made (who also announced it).
+func (b *Broker) markNeedsReauth(ctx context.Context, e *env, c *store.Connection, reason, providerCode string, hold *time.Time) (*store.Connection, error) {
+	until := b.now().Add(b.budget().Commit)
+	if hold != nil {
+		until = *hold
+	}
+	notice := b.needsReauthNotice(e.store, c, reason, providerCode)
+	w, err := e.store.PrepareNeedsReauth(c.Key, c.Fence(), reason, notice)
+	if err == nil {
+		err = b.durably(ctx, until, w)
+	}
+	var ce *store.ConflictError
+	switch {
+	case err == nil:
+		b.log().WarnContext(ctx, "connection needs re-authorization", "provider", c.Provider, "connection", c.Connection, "reason", reason)
+		b.publish(ctx, e.store, notice)
+		c.Status, c.LastError = store.StatusNeedsReauth, reason
+		return nil, needsReauth(c)
+	case errors.Is(err, store.ErrNotFound):
+		return nil, Errorf(CodeNotFound, "connection %s was deleted", c.Key)
+	case errors.As(err, &ce) && ce.Current != nil:
+		if ce.Current.Status == store.StatusNeedsReauth {
+			return nil, needsReauth(ce.Current)
+		}
+		if ce.Current.Status == store.StatusActive && ce.Current.AccessToken != "" {
+			return ce.Current, nil
+		}
+		return nil, Errorf(CodeProviderUnavailable, "connection %s changed during the refresh; try again", c.Key)
+	}
+	return nil, storeError(err, "connection")
+}
