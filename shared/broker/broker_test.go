@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -44,20 +45,37 @@ func TestMain(m *testing.M) {
 }
 
 // clock is a steerable time source shared by the broker and the emulators.
+// It stands still unless made live, when it runs with the wall clock,
+// offset by what was added.
 type clock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	t    time.Time
+	live bool
+	// offset from the wall clock when live
+	offset time.Duration
 }
 
 func (c *clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.live {
+		return time.Now().Add(c.offset)
+	}
 	return c.t
 }
 
 func (c *clock) Add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
+	c.offset += d
+	c.mu.Unlock()
+}
+
+// Live makes the clock run from where it stands.
+func (c *clock) Live() {
+	c.mu.Lock()
+	c.offset = time.Until(c.t)
+	c.live = true
 	c.mu.Unlock()
 }
 
@@ -67,11 +85,15 @@ type fixture struct {
 	metrics *bytes.Buffer
 	store   *store.Store
 	table   string
+	env     map[string]string
+	mw      *lockedWriter
 }
 
 // newFixture builds a broker the way the functions do (setup.Broker) over a
-// fresh table, with a steerable clock and captured metrics.
-func newFixture(t *testing.T) *fixture {
+// fresh table, with a steerable clock and captured metrics. overrides
+// change the functions' environment (a DynamoDB endpoint behind a fault
+// proxy, another SSM prefix).
+func newFixture(t *testing.T, overrides ...map[string]string) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	root, _ := localaws.ModuleRoot()
@@ -84,25 +106,35 @@ func newFixture(t *testing.T) *fixture {
 		env[k] = v
 	}
 	env["TABLE_NAME"] = table
-	for k, v := range env {
-		t.Setenv(k, v)
+	for _, o := range overrides {
+		for k, v := range o {
+			env[k] = v
+		}
 	}
-	b, _, err := setup.Broker(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &clock{t: time.Now()}
-	metrics := &bytes.Buffer{}
-	b.Now, b.Store.Now = c.Now, c.Now
-	b.Metrics = &telemetry.Metrics{W: &lockedWriter{w: metrics}, Now: c.Now}
-	b.Log = telemetry.NewLogger(&bytes.Buffer{}, "debug")
-	snap, err := b.Config.Snapshot(ctx)
+	f := &fixture{clock: &clock{t: time.Now()}, metrics: &bytes.Buffer{}, table: table, env: env}
+	f.mw = &lockedWriter{w: f.metrics}
+	f.b = f.sibling(t)
+	snap, err := f.b.Config.Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ring, _ := snap.Ring()
-	st := &store.Store{DB: localaws.DynamoDBClient(stack.Endpoints.DynamoDB), Table: table, Ring: ring, Shards: 8, Now: c.Now}
-	return &fixture{b: b, clock: c, metrics: metrics, store: st, table: table}
+	f.store = &store.Store{DB: localaws.DynamoDBClient(stack.Endpoints.DynamoDB), Table: table, Ring: ring, Shards: 8, Now: f.clock.Now}
+	return f
+}
+
+// sibling is another instance of the broker (another Lambda sandbox) over
+// the same table, clock and metrics, with its own caches and lease owner.
+func (f *fixture) sibling(t *testing.T) *broker.Broker {
+	t.Helper()
+	b, _, err := setup.Broker(context.Background(), func(k string) (string, bool) { v, ok := f.env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Now, b.Store.Now = f.clock.Now, f.clock.Now
+	b.Metrics = &telemetry.Metrics{W: f.mw, Now: f.clock.Now}
+	b.Log = telemetry.NewLogger(io.Discard, "debug")
+	return b
 }
 
 type lockedWriter struct {
@@ -142,7 +174,10 @@ func (f *fixture) authorize(t *testing.T, k store.Key) {
 func (f *fixture) metricLines(t *testing.T) []map[string]any {
 	t.Helper()
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(f.metrics.Bytes()))
+	f.mw.mu.Lock()
+	raw := append([]byte(nil), f.metrics.Bytes()...)
+	f.mw.mu.Unlock()
+	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for sc.Scan() {
 		var m map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
@@ -230,8 +265,14 @@ func TestTransientFailureBacksOffAndServesOldToken(t *testing.T) {
 	}
 }
 
-// eventQueue routes tokenbroker events on the default bus of moto to an SQS queue.
+// eventQueue routes tokenbroker needs-reauthorization events on the
+// default bus of moto to an SQS queue.
 func eventQueue(t *testing.T) (*sqs.Client, string) {
+	return eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Needs Reauthorization"]}`)
+}
+
+// eventQueueFor routes the events matching pattern to a new SQS queue.
+func eventQueueFor(t *testing.T, pattern string) (*sqs.Client, string) {
 	t.Helper()
 	ctx := context.Background()
 	cfg := localaws.Config()
@@ -243,8 +284,7 @@ func eventQueue(t *testing.T) (*sqs.Client, string) {
 		t.Fatal(err)
 	}
 	arn := "arn:aws:sqs:us-east-1:123456789012:" + name
-	if _, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(name),
-		EventPattern: aws.String(`{"source":["tokenbroker"],"detail-type":["Connection Needs Reauthorization"]}`)}); err != nil {
+	if _, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(name), EventPattern: aws.String(pattern)}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String(name), Targets: []ebtypes.Target{{Id: aws.String("q"), Arn: aws.String(arn)}}}); err != nil {

@@ -58,32 +58,40 @@ func (bg Budget) needed() time.Duration { return bg.Provider + bg.Commit }
 // maxHold is the longest one holder works under one lease.
 func (bg Budget) maxHold() time.Duration { return bg.needed() + bg.Skew }
 
+// left is how long the invocation may still work (its deadline less the
+// reserve to answer), or limit when that is more or there is no deadline.
+// Deadlines are wall-clock; the result is a duration, so it applies to the
+// broker's own clock too.
+func (b *Broker) left(ctx context.Context, limit time.Duration) time.Duration {
+	if d, has := ctx.Deadline(); has {
+		return min(limit, time.Until(d)-b.budget().Reserve)
+	}
+	return limit
+}
+
 // hold is when a refresh that starts now must be finished by: its own
 // bound, or the invocation's deadline less the reserve. ok is false when
 // that leaves too little time to call the provider and store the result.
 func (b *Broker) hold(ctx context.Context, now time.Time) (deadline time.Time, ok bool) {
 	bg := b.budget()
-	deadline = now.Add(bg.maxHold())
-	if d, has := ctx.Deadline(); has && d.Add(-bg.Reserve).Before(deadline) {
-		deadline = d.Add(-bg.Reserve)
-	}
-	return deadline, deadline.Sub(now) >= bg.needed()
+	left := b.left(ctx, bg.maxHold())
+	return now.Add(left), left >= bg.needed()
 }
+
+// wallClock turns a time of the broker's clock into a wall-clock deadline.
+func (b *Broker) wallClock(t time.Time) time.Time { return time.Now().Add(t.Sub(b.now())) }
 
 // newLease is a lease for a holder that works until hold.
 func (b *Broker) newLease(hold time.Time) store.Lease {
 	return store.Lease{Owner: b.newLeaseOwner(), Until: hold.Add(b.budget().Skew)}
 }
 
-// waitDeadline is how long a caller may wait for another worker: its own
-// deadline less the reserve, and without a deadline two leases' worth.
-func (b *Broker) waitDeadline(ctx context.Context, now time.Time) time.Time {
+// waitDeadline is the wall-clock time until which a caller may wait for
+// another worker: its own deadline less the reserve, and without a
+// deadline two leases' worth.
+func (b *Broker) waitDeadline(ctx context.Context) time.Time {
 	bg := b.budget()
-	limit := now.Add(2 * (bg.maxHold() + bg.Skew))
-	if d, has := ctx.Deadline(); has && d.Add(-bg.Reserve).Before(limit) {
-		limit = d.Add(-bg.Reserve)
-	}
-	return limit
+	return time.Now().Add(b.left(ctx, 2*(bg.maxHold()+bg.Skew)))
 }
 
 // durably applies w until it succeeds, fails for good, or hold passes;
@@ -92,7 +100,7 @@ func (b *Broker) waitDeadline(ctx context.Context, now time.Time) time.Time {
 // attempt is bounded so that one stalled connection does not eat the
 // whole budget.
 func (b *Broker) durably(ctx context.Context, hold time.Time, w *store.Write) error {
-	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), hold)
+	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(hold))
 	defer cancel()
 	perAttempt := max(b.budget().Commit/3, 500*time.Millisecond)
 	wait := 50 * time.Millisecond

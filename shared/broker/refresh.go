@@ -27,7 +27,7 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	if limit := hold.Add(-bg.Commit); limit.Before(deadline) {
 		deadline = limit
 	}
-	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(deadline))
 	var ts *provider.TokenSet
 	var err error
 	if e.cfg.Machine() {

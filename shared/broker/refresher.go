@@ -112,7 +112,7 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	stop := func() { stopOnce.Do(func() { close(stopped) }) }
 	queues := make(map[string]chan *store.DueItem, len(names))
 	for _, name := range names {
-		queues[name] = make(chan *store.DueItem, int(c.store.DuePageSize)+defaultQueue)
+		queues[name] = make(chan *store.DueItem, c.store.PageSize())
 	}
 	var readers, workers sync.WaitGroup
 	errs := make(chan error, len(names)+2)
@@ -206,9 +206,6 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	}
 	return &sum, nil
 }
-
-// defaultQueue is each provider's queue beyond one page.
-const defaultQueue = 100
 
 // work refreshes one due connection with a global slot held, if the
 // invocation still has the time to finish it; otherwise it stops the tick.

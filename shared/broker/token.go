@@ -218,6 +218,7 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 	start := c.Fence()
 	wait := 20 * time.Millisecond
 	contended := false
+	var waitUntil time.Time
 	for {
 		now := b.now()
 		switch d, err := b.decide(ctx, e, c, req, start, now); d {
@@ -252,10 +253,11 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 		// Someone else holds the lease: wait for their commit.
 		if !contended {
 			contended = true
+			waitUntil = b.waitDeadline(ctx)
 			b.Metrics.Count(telemetry.LeaseContended, 1, map[string]string{"Provider": c.Provider})
 		}
 		sleep := wait + b.jitter(wait)
-		if limit := b.waitDeadline(ctx, now); now.Add(sleep).After(limit) {
+		if time.Now().Add(sleep).After(waitUntil) {
 			return nil, Errorf(CodeProviderUnavailable, "another refresh of %s is still running; try again", c.Key)
 		}
 		select {

@@ -85,10 +85,7 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 		}
 	}
 	b := &broker.Broker{
-		Store: &store.Store{DB: dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
-			o.BaseEndpoint = endpoint(get, "DYNAMODB")
-			dynamoDBTimeouts(o)
-		}), Table: table, Shards: shards},
+		Store: &store.Store{DB: DynamoDB(cfg, endpoint(get, "DYNAMODB")), Table: table, Shards: shards},
 		Config: &config.Loader{SSM: ssm.NewFromConfig(cfg, func(o *ssm.Options) {
 			o.BaseEndpoint = endpoint(get, "SSM")
 		}), Prefix: get("SSM_PREFIX", config.DefaultPrefix)},
@@ -110,19 +107,23 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 // connection is retried instead of eating the refresh's time budget.
 const DynamoDBAttemptTimeout = 3 * time.Second
 
-// dynamoDBTimeouts makes the SDK's own retries fit the broker's time
-// budget: three attempts, each bounded, a few tens of milliseconds apart
-// (the SDK's default backoff waits up to seconds, and its retry quota can
-// stop retrying in the middle of a fault storm). The broker retries the
-// writes that must survive on top of this, with the same request.
-func dynamoDBTimeouts(o *dynamodb.Options) {
-	o.HTTPClient = awshttp.NewBuildableClient().WithTimeout(DynamoDBAttemptTimeout)
-	o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
-		so.MaxAttempts = 3
-		so.RateLimiter = ratelimit.None
-		so.Backoff = retry.BackoffDelayerFunc(func(attempt int, _ error) (time.Duration, error) {
-			d := min(25*time.Millisecond<<min(attempt, 4), 200*time.Millisecond)
-			return d/2 + time.Duration(rand.Int64N(int64(d/2))), nil
+// DynamoDB is the DynamoDB client the functions use. Its own retries fit
+// the broker's time budget: three attempts, each bounded, a few tens of
+// milliseconds apart (the SDK's default backoff waits up to seconds, and
+// its retry quota can stop retrying in the middle of a fault storm). The
+// broker retries the writes that must survive on top of this, with the
+// same request. endpoint overrides the service endpoint when set.
+func DynamoDB(cfg aws.Config, endpoint *string) *dynamodb.Client {
+	return dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
+		o.BaseEndpoint = endpoint
+		o.HTTPClient = awshttp.NewBuildableClient().WithTimeout(DynamoDBAttemptTimeout)
+		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
+			so.MaxAttempts = 3
+			so.RateLimiter = ratelimit.None
+			so.Backoff = retry.BackoffDelayerFunc(func(attempt int, _ error) (time.Duration, error) {
+				d := min(25*time.Millisecond<<min(attempt, 4), 200*time.Millisecond)
+				return d/2 + time.Duration(rand.Int64N(int64(d/2))), nil
+			})
 		})
 	})
 }

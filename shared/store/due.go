@@ -12,6 +12,11 @@ import (
 // the refresher's queues it bounds what is in memory whatever the backlog.
 const defaultDuePage = 100
 
+// PageSize is how many items one page of the due index holds.
+func (s *Store) PageSize() int {
+	return int(s.pageSize())
+}
+
 func (s *Store) pageSize() int32 {
 	if s.DuePageSize > 0 {
 		return s.DuePageSize

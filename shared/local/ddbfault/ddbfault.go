@@ -87,6 +87,7 @@ type Proxy struct {
 	seen     map[string]int
 	fwd      map[string]int
 	injected map[string]int
+	bodies   map[string][][]byte
 }
 
 // Start serves a proxy to target (DynamoDB Local's endpoint).
@@ -98,7 +99,7 @@ func Start(target string) (*Proxy, error) {
 	p := &Proxy{
 		URL: "http://" + l.Addr().String(), target: strings.TrimRight(target, "/"),
 		client:  &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		pending: map[string][]Fault{}, seen: map[string]int{}, fwd: map[string]int{}, injected: map[string]int{},
+		pending: map[string][]Fault{}, seen: map[string]int{}, fwd: map[string]int{}, injected: map[string]int{}, bodies: map[string][][]byte{},
 	}
 	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = p.srv.Serve(l) }()
@@ -144,6 +145,19 @@ func (p *Proxy) Seen(op string) int {
 	return p.seen[op]
 }
 
+// SeenMatching counts the requests of op whose body contained match.
+func (p *Proxy) SeenMatching(op, match string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, b := range p.bodies[op] {
+		if bytes.Contains(b, []byte(match)) {
+			n++
+		}
+	}
+	return n
+}
+
 // Forwarded counts the requests of op that reached DynamoDB.
 func (p *Proxy) Forwarded(op string) int {
 	p.mu.Lock()
@@ -163,6 +177,7 @@ func (p *Proxy) take(op string, body []byte) *Fault {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.seen[op]++
+	p.bodies[op] = append(p.bodies[op], body)
 	for i, f := range p.pending[op] {
 		if f.Match == "" || bytes.Contains(body, []byte(f.Match)) {
 			p.pending[op] = append(p.pending[op][:i:i], p.pending[op][i+1:]...)

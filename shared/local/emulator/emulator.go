@@ -27,6 +27,13 @@ type Fault struct {
 	// Delay holds the answer back (a slow provider); the request's own
 	// context still ends it.
 	Delay time.Duration
+	// After handles the request first (a rotation takes effect) and then
+	// holds the answer back: a client that gives up meanwhile never sees
+	// what it was granted.
+	After time.Duration
+	// Gate holds the request until the channel is closed (or the client
+	// gives up), then handles it: a provider that hangs until a test says.
+	Gate <-chan struct{}
 	// Status and Body replace the answer when Status is set.
 	Status      int
 	Body        string
@@ -134,6 +141,13 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, h http.HandlerFunc)
 	delay := latency
 	if fault != nil {
 		delay += fault.Delay
+		if fault.Gate != nil {
+			select {
+			case <-fault.Gate:
+			case <-r.Context().Done():
+				return
+			}
+		}
 	}
 	if delay > 0 {
 		select {
@@ -143,6 +157,19 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, h http.HandlerFunc)
 		}
 	}
 	switch {
+	case fault != nil && fault.After > 0:
+		rec := httptest.NewRecorder()
+		h(rec, r)
+		select {
+		case <-time.After(fault.After):
+		case <-r.Context().Done():
+			return
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
 	case fault == nil || (fault.Status == 0 && !fault.Huge && !fault.Truncate):
 		h(w, r)
 	case fault.Huge:

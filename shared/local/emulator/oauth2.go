@@ -31,6 +31,8 @@ type OAuth2 struct {
 	ExpiresInString bool
 	// OmitRefresh leaves refresh_token out of refresh answers.
 	OmitRefresh bool
+	// NoRefresh issues no refresh tokens at all (GitHub OAuth Apps).
+	NoRefresh bool
 
 	codes    map[string]*o2Code
 	refresh  map[string]*o2Refresh
@@ -200,7 +202,7 @@ func (e *OAuth2) issue(now time.Time, scope, family string) map[string]string {
 	} else {
 		e.access[access] = time.Time{}
 	}
-	if family != "" {
+	if family != "" && !e.NoRefresh {
 		rt := randomToken("O2R", 20)
 		e.refresh[rt] = &o2Refresh{family: family, scope: scope}
 		out["refresh_token"] = rt

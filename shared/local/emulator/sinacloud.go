@@ -67,6 +67,16 @@ func (e *SinaCloud) ValidAccess(tok string) bool {
 	return ok && now.Before(exp)
 }
 
+// RefreshUsable reports whether a refresh token would be accepted now:
+// issued here, never used, not expired.
+func (e *SinaCloud) RefreshUsable(tok string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rt, ok := e.refresh[tok]
+	return ok && !rt.used && now.Before(rt.expires)
+}
+
 // RefreshCalls is the number of refresh_token grants answered.
 func (e *SinaCloud) RefreshCalls() int {
 	e.mu.Lock()
