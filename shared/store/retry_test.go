@@ -34,7 +34,9 @@ func faultyStore(t *testing.T) (faulty, direct *store.Store, proxy *ddbfault.Pro
 	if err := localaws.CreateTable(ctx, db, filepath.Join("..", "..", "template.yaml"), name); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(name)}) })
+	t.Cleanup(func() {
+		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(name)})
+	})
 	ring := testRing(t)
 	faulty = &store.Store{DB: setup.DynamoDB(localaws.Config(), aws.String(proxy.URL)), Table: name, Ring: ring, Shards: 2}
 	direct = &store.Store{DB: db, Table: name, Ring: ring, Shards: 2}
