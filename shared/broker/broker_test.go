@@ -15,11 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
-	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
-
 	"tokenbroker/shared/broker"
 	"tokenbroker/shared/config"
 	"tokenbroker/shared/local/devstack"
@@ -267,58 +262,33 @@ func TestTransientFailureBacksOffAndServesOldToken(t *testing.T) {
 
 // eventQueue routes tokenbroker needs-reauthorization events on the
 // default bus of moto to an SQS queue.
-func eventQueue(t *testing.T) (*sqs.Client, string) {
+func eventQueue(t *testing.T) *localaws.EventSink {
 	return eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Needs Reauthorization"]}`)
 }
 
 // eventQueueFor routes the events matching pattern to a new SQS queue.
-func eventQueueFor(t *testing.T, pattern string) (*sqs.Client, string) {
+func eventQueueFor(t *testing.T, pattern string) *localaws.EventSink {
 	t.Helper()
-	ctx := context.Background()
-	cfg := localaws.Config()
-	q := sqs.NewFromConfig(cfg, func(o *sqs.Options) { o.BaseEndpoint = aws.String(stack.Endpoints.SSM) })
-	eb := eventbridge.NewFromConfig(cfg, func(o *eventbridge.Options) { o.BaseEndpoint = aws.String(stack.Endpoints.SSM) })
-	name := localaws.UniqueName("reauth")
-	created, err := q.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name)})
+	sink, err := localaws.NewEventSink(context.Background(), stack.Endpoints.SSM, pattern)
 	if err != nil {
 		t.Fatal(err)
 	}
-	arn := "arn:aws:sqs:us-east-1:123456789012:" + name
-	if _, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(name), EventPattern: aws.String(pattern)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String(name), Targets: []ebtypes.Target{{Id: aws.String("q"), Arn: aws.String(arn)}}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = eb.RemoveTargets(ctx, &eventbridge.RemoveTargetsInput{Rule: aws.String(name), Ids: []string{"q"}})
-		_, _ = eb.DeleteRule(ctx, &eventbridge.DeleteRuleInput{Name: aws.String(name)})
-	})
-	return q, aws.ToString(created.QueueUrl)
+	t.Cleanup(sink.Close)
+	return sink
 }
 
-func receiveAll(t *testing.T, q *sqs.Client, queueURL string) []map[string]any {
+func receiveAll(t *testing.T, sink *localaws.EventSink) []map[string]any {
 	t.Helper()
-	var out []map[string]any
-	for i := 0; i < 3; i++ {
-		msgs, err := q.ReceiveMessage(context.Background(), &sqs.ReceiveMessageInput{QueueUrl: aws.String(queueURL), MaxNumberOfMessages: 10, WaitTimeSeconds: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range msgs.Messages {
-			var ev map[string]any
-			if err := json.Unmarshal([]byte(aws.ToString(m.Body)), &ev); err != nil {
-				t.Fatalf("event body %s", aws.ToString(m.Body))
-			}
-			out = append(out, ev)
-		}
+	evs, err := sink.Receive(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return evs
 }
 
 func TestPermanentFailureNeedsReauthOnceAndStops(t *testing.T) {
 	f := newFixture(t)
-	q, queueURL := eventQueue(t)
+	sink := eventQueue(t)
 	ctx := context.Background()
 	k := store.Key{Provider: devstack.OAuth2, Connection: "revoked"}
 	f.authorize(t, k)
@@ -344,7 +314,7 @@ func TestPermanentFailureNeedsReauthOnceAndStops(t *testing.T) {
 	if got := stack.OAuth2.Calls("/token") - calls; got != 1 {
 		t.Fatalf("provider called %d times, want exactly 1 (no calls after needs_reauth)", got)
 	}
-	evs := receiveAll(t, q, queueURL)
+	evs := receiveAll(t, sink)
 	if len(evs) != 1 {
 		t.Fatalf("%d events, want exactly 1: %v", len(evs), evs)
 	}

@@ -101,7 +101,7 @@ func TestCommitRefusedForTheWholeBudgetEndsVisibly(t *testing.T) {
 	ctx := context.Background()
 	f, proxy := faultyFixture(t)
 	f.b.Budget = fastBudget
-	q, queueURL := eventQueue(t)
+	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "refused"}
 	f.authorize(t, k)
 	f.clock.Add(broker.ForceWindow)
@@ -123,7 +123,7 @@ func TestCommitRefusedForTheWholeBudgetEndsVisibly(t *testing.T) {
 	if got := stack.Sina.RefreshReuses() - reuses; got != 1 {
 		t.Fatalf("%d reuses, want exactly the one that discovers the loss", got)
 	}
-	if evs := eventsAbout(receiveAll(t, q, queueURL), k); len(evs) != 1 {
+	if evs := eventsAbout(receiveAll(t, sink), k); len(evs) != 1 {
 		t.Fatalf("%d needs_reauth events, want exactly 1", len(evs))
 	}
 	st, _ := f.store.Get(ctx, k, true)
@@ -138,7 +138,7 @@ func TestCommitRefusedForTheWholeBudgetEndsVisibly(t *testing.T) {
 func TestNeedsReauthAnnouncedOnceThroughAReset(t *testing.T) {
 	ctx := context.Background()
 	f, proxy := faultyFixture(t)
-	q, queueURL := eventQueue(t)
+	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.OAuth2, Connection: "reauth-reset"}
 	f.authorize(t, k)
 	f.clock.Add(broker.ForceWindow)
@@ -153,7 +153,7 @@ func TestNeedsReauthAnnouncedOnceThroughAReset(t *testing.T) {
 	if proxy.Injected("TransactWriteItems")+proxy.Injected("UpdateItem") != 1 {
 		t.Fatal("the reset never happened: the test proves nothing")
 	}
-	evs := eventsAbout(receiveAll(t, q, queueURL), k)
+	evs := eventsAbout(receiveAll(t, sink), k)
 	if len(evs) != 1 {
 		t.Fatalf("%d events, want exactly 1", len(evs))
 	}

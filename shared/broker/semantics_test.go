@@ -359,7 +359,7 @@ func TestRefresherReadsDueItemsPageByPage(t *testing.T) {
 func TestRefreshFailingAndRecoveredAnnouncedOncePerStreak(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	q, queueURL := eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Refresh Failing","Connection Recovered"]}`)
+	sink := eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Refresh Failing","Connection Recovered"]}`)
 	name, emu := oauth2Provider(t, f, "streak", func(o *emulator.OAuth2) { o.ExpiresIn = 24 * time.Hour })
 	k := store.Key{Provider: name, Connection: "flaky-streak"}
 	f.authorize(t, k)
@@ -381,7 +381,7 @@ func TestRefreshFailingAndRecoveredAnnouncedOncePerStreak(t *testing.T) {
 	if sum, err := f.b.RefreshDue(ctx); err != nil || sum.Refreshed != 1 {
 		t.Fatalf("recovery: %+v %v", sum, err)
 	}
-	evs := eventsAbout(receiveAll(t, q, queueURL), k)
+	evs := eventsAbout(receiveAll(t, sink), k)
 	var types []string
 	for _, ev := range evs {
 		types = append(types, ev["detail-type"].(string))
@@ -403,7 +403,7 @@ func TestRefreshFailingAndRecoveredAnnouncedOncePerStreak(t *testing.T) {
 func TestRefreshFailingAfterExpiryAnnouncedAtOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	q, queueURL := eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Refresh Failing"]}`)
+	sink := eventQueueFor(t, `{"source":["tokenbroker"],"detail-type":["Connection Refresh Failing"]}`)
 	k := store.Key{Provider: devstack.OAuth2, Connection: "expired-streak"}
 	f.authorize(t, k)
 	f.clock.Add(2 * time.Hour)
@@ -411,7 +411,7 @@ func TestRefreshFailingAfterExpiryAnnouncedAtOnce(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); broker.ErrorCode(err) != broker.CodeProviderUnavailable {
 		t.Fatalf("expired token, failing provider: %v", err)
 	}
-	if evs := eventsAbout(receiveAll(t, q, queueURL), k); len(evs) != 1 {
+	if evs := eventsAbout(receiveAll(t, sink), k); len(evs) != 1 {
 		t.Fatalf("%d Refresh Failing events, want 1", len(evs))
 	}
 }
@@ -421,7 +421,7 @@ func TestRefreshFailingAfterExpiryAnnouncedAtOnce(t *testing.T) {
 func TestOrphanedNoticeIsPublishedByTheRefresher(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	q, queueURL := eventQueue(t)
+	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.OAuth2, Connection: "orphan-notice"}
 	f.authorize(t, k)
 	f.clock.Add(broker.ForceWindow)
@@ -432,7 +432,7 @@ func TestOrphanedNoticeIsPublishedByTheRefresher(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
 		t.Fatal(err)
 	}
-	if evs := eventsAbout(receiveAll(t, q, queueURL), k); len(evs) != 0 {
+	if evs := eventsAbout(receiveAll(t, sink), k); len(evs) != 0 {
 		t.Fatalf("%d events before the refresher ran", len(evs))
 	}
 	refresher := f.sibling(t)
@@ -444,7 +444,7 @@ func TestOrphanedNoticeIsPublishedByTheRefresher(t *testing.T) {
 	if sum, _ := refresher.RefreshDue(ctx); sum.Notices != 0 {
 		t.Fatalf("second tick published %d notices again", sum.Notices)
 	}
-	if evs := eventsAbout(receiveAll(t, q, queueURL), k); len(evs) != 1 {
+	if evs := eventsAbout(receiveAll(t, sink), k); len(evs) != 1 {
 		t.Fatalf("%d events, want 1", len(evs))
 	}
 	if got := f.count(t, telemetry.EventsFailed, nil); got != 1 {
