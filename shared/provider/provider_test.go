@@ -295,9 +295,9 @@ func TestSinaCloud(t *testing.T) {
 	if emu.RefreshReuses() != 1 {
 		t.Fatalf("reuses = %d", emu.RefreshReuses())
 	}
-	bad := newClient(t, cfg, "wrong")
+	bad := newClient(t, cfg, "wrong-secret")
 	_, err = bad.Refresh(ctx, next.RefreshToken)
-	assertError(t, err, provider.ClassConfig, "unauthorized_client", "wrong")
+	assertError(t, err, provider.ClassConfig, "invalid_client", "wrong-secret")
 	emu.Inject("/oauth2/access_token", emulator.HTMLError(503), 1)
 	_, err = c.Refresh(ctx, next.RefreshToken)
 	assertError(t, err, provider.ClassTransient, "http_503")
