@@ -3,6 +3,7 @@ package provider
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Class says what a failure means for the connection.
@@ -16,8 +17,8 @@ const (
 	// new authorization by the user restores the connection.
 	ClassReauth
 	// ClassConfig: the app's own settings are wrong (bad secret, client id,
-	// IP allowlist); every connection of the provider fails until an
-	// operator fixes them, and no user action helps.
+	// IP allowlist, an endpoint that moved); every connection of the
+	// provider fails until an operator fixes them, and no user action helps.
 	ClassConfig
 )
 
@@ -34,8 +35,13 @@ func (c Class) String() string {
 
 // Error is a failure of a call to a provider. Code and Message are the
 // provider's own (for example "40029" / "invalid code", or "invalid_grant")
-// or, for transport failures, one of "timeout", "network", "http_<status>",
-// "bad_response", "too_large". No token or secret is ever part of it.
+// or, for transport failures, one of "timeout", "canceled", "network",
+// "http_<status>" (including a 3xx that was not followed), "bad_response",
+// "too_large". Both are printable, at most 64 and 200 bytes, and redacted
+// of the client secret and of every secret the call carried (code, PKCE
+// verifier, refresh token, token being revoked, tokens in the answer)
+// before they were clipped, so no piece of 8 or more bytes of any of them
+// is ever part of it (see package redact).
 type Error struct {
 	Provider   string
 	Op         string
@@ -45,6 +51,7 @@ type Error struct {
 	Class      Class
 }
 
+// Error returns "provider: {Provider} {Op}: {Code}: {Message}".
 func (e *Error) Error() string {
 	msg := e.Message
 	if msg == "" {
@@ -86,6 +93,20 @@ var rfc6749Classes = map[string]Class{
 	"server_error":              ClassTransient,
 	"temporarily_unavailable":   ClassTransient,
 	"slow_down":                 ClassTransient,
+}
+
+// redirectClass classifies a 3xx answer, which is never followed (see
+// New). 301 and 308 say the endpoint has moved for good (RFC 9110 §15.4.2,
+// §15.4.9): the configured URL is stale and retrying cannot help, so an
+// operator must fix it (ClassConfig). Any other 3xx (302, 303, 307, …) is
+// likelier a maintenance, login or captive page in front of the provider:
+// transient. Neither is the user's fault, and neither loses a grant: the
+// request never reached the token endpoint.
+func redirectClass(status int) Class {
+	if status == http.StatusMovedPermanently || status == http.StatusPermanentRedirect {
+		return ClassConfig
+	}
+	return ClassTransient
 }
 
 // wechatClasses classifies WeChat errcodes from the official account and
