@@ -20,14 +20,27 @@ const (
 	// IP allowlist, an endpoint that moved); every connection of the
 	// provider fails until an operator fixes them, and no user action helps.
 	ClassConfig
+	// ClassNoRefresh: the provider will not refresh for this client id at
+	// all, though the current grant is fine. SinaCloud answers a refresh
+	// with unauthorized_client when the client id lacks its separately
+	// granted refresh permission. The access token in hand stays valid
+	// until it expires: keep serving it, stop scheduling refreshes (each
+	// one would fail the same way), and only at expiry mark the connection
+	// as needing a new authorization. Retrying cannot help, so Permanent
+	// reports true; an operator may also ask SinaCloud for the permission.
+	ClassNoRefresh
 )
 
+// String returns the class's name as metrics and logs use it: "transient",
+// "reauth", "config" or "no_refresh".
 func (c Class) String() string {
 	switch c {
 	case ClassReauth:
 		return "reauth"
 	case ClassConfig:
 		return "config"
+	case ClassNoRefresh:
+		return "no_refresh"
 	default:
 		return "transient"
 	}
@@ -77,22 +90,51 @@ func ClassOf(err error) Class {
 // (revoke without a revoke endpoint, refresh of a machine token).
 var ErrNotSupported = errors.New("provider: operation not supported")
 
-// rfc6749Classes classifies the error codes of RFC 6749 §5.2 and §4.1.2.1
-// (and RFC 7009 for revocation). Codes not listed are transient: wrongly
-// retrying costs a little quota, wrongly dropping a grant loses a user.
+// rfc6749Classes classifies the error codes of RFC 6749 §5.2 and §4.1.2.1,
+// RFC 7009 §2.2.1 for revocation, and OpenID Connect Core 1.0 §3.1.2.6.
+// Codes not listed are transient: wrongly retrying costs a little quota,
+// wrongly dropping a grant loses a user. classifyOAuth applies it.
 var rfc6749Classes = map[string]Class{
-	"invalid_grant":             ClassReauth,
-	"invalid_scope":             ClassReauth,
-	"access_denied":             ClassReauth,
-	"invalid_client":            ClassConfig,
-	"unauthorized_client":       ClassConfig,
-	"unsupported_grant_type":    ClassConfig,
-	"invalid_request":           ClassConfig,
-	"unsupported_response_type": ClassConfig,
-	"unsupported_token_type":    ClassConfig,
-	"server_error":              ClassTransient,
-	"temporarily_unavailable":   ClassTransient,
-	"slow_down":                 ClassTransient,
+	"invalid_grant": ClassReauth,
+	"invalid_scope": ClassReauth,
+	"access_denied": ClassReauth,
+	// OIDC: the provider needs the user in front of it (to log in, consent
+	// or pick an account) before it grants anything again.
+	"interaction_required":       ClassReauth,
+	"login_required":             ClassReauth,
+	"consent_required":           ClassReauth,
+	"account_selection_required": ClassReauth,
+	"invalid_client":             ClassConfig,
+	"unauthorized_client":        ClassConfig,
+	"unsupported_grant_type":     ClassConfig,
+	"invalid_request":            ClassConfig,
+	"unsupported_response_type":  ClassConfig,
+	"unsupported_token_type":     ClassConfig,
+	"server_error":               ClassTransient,
+	"temporarily_unavailable":    ClassTransient,
+	"slow_down":                  ClassTransient,
+}
+
+// classifyOAuth classifies an RFC 6749 §5.2 error answer of a provider of
+// kind to operation op (opExchange, opRefresh, opToken, opRevoke):
+//
+//   - HTTP 5xx or 429: transient, whatever the code (a server that fails
+//     says little about the grant);
+//   - SinaCloud, refresh, unauthorized_client: ClassNoRefresh (its document:
+//     the client id has no refresh permission); for a code exchange and for
+//     every other kind unauthorized_client stays ClassConfig;
+//   - otherwise rfc6749Classes, and transient for codes it does not list.
+func classifyOAuth(kind, op, code string, status int) Class {
+	if status >= 500 || status == http.StatusTooManyRequests {
+		return ClassTransient
+	}
+	if kind == KindSinaCloud && op == opRefresh && code == "unauthorized_client" {
+		return ClassNoRefresh
+	}
+	if class, known := rfc6749Classes[code]; known {
+		return class
+	}
+	return ClassTransient
 }
 
 // redirectClass classifies a 3xx answer, which is never followed (see

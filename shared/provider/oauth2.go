@@ -144,14 +144,7 @@ func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 	c = c.with(fieldString(fields["access_token"]), fieldString(fields["refresh_token"]),
 		fieldString(fields["id_token"]), fieldString(fields["mac_key"]))
 	if code := fieldString(fields["error"]); code != "" {
-		class, known := rfc6749Classes[code]
-		if !known {
-			class = ClassTransient
-		}
-		if r.status >= 500 || r.status == http.StatusTooManyRequests {
-			class = ClassTransient
-		}
-		return nil, o.fail(c, code, fieldString(fields["error_description"]), r.status, class)
+		return nil, o.fail(c, code, fieldString(fields["error_description"]), r.status, classifyOAuth(o.cfg.Kind, c.op, code, r.status))
 	}
 	if r.status < 200 || r.status > 299 {
 		return nil, o.httpStatusError(c, r)
