@@ -36,7 +36,9 @@ type TokenSet struct {
 	// RefreshExpiresAt is zero when unknown; on a refresh, zero means the
 	// refresh token's known expiry does not change.
 	RefreshExpiresAt time.Time
-	Extra            map[string]string
+	// Extra holds only the non-secret identifiers of extraFields (openid,
+	// unionid, uid, sub, is_snapshotuser); nil when there are none.
+	Extra map[string]string
 }
 
 // AuthorizeRequest is what the broker supplies to build an authorize URL.
@@ -237,4 +239,29 @@ func snippet(r *response) string {
 		return "HTML page instead of a token response"
 	}
 	return string(r.body)
+}
+
+// extraFields are the only token-response fields kept in TokenSet.Extra:
+// identifiers of the user that backends need (WeChat's openid, unionid and
+// is_snapshotuser, a Weibo-style uid, an OIDC-style sub). Anything else —
+// id_token, mac_key, whatever a provider adds later — may be a credential
+// and is dropped: Extra is stored unsealed and returned to every caller.
+var extraFields = []string{"openid", "unionid", "uid", "sub", "is_snapshotuser"}
+
+// maxExtra bounds one kept Extra value.
+const maxExtra = 256
+
+// keepExtra returns the allowed, non-empty, bounded fields of candidates,
+// or nil when none is left.
+func keepExtra(candidates map[string]string) map[string]string {
+	var extra map[string]string
+	for _, k := range extraFields {
+		if v := candidates[k]; v != "" && len(v) <= maxExtra {
+			if extra == nil {
+				extra = map[string]string{}
+			}
+			extra[k] = v
+		}
+	}
+	return extra
 }

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,13 @@ func FuzzParseToken(f *testing.F) {
 				t.Fatal("success without an access token")
 			}
 			checkFuzzError(t, err)
+			if ts != nil {
+				for k := range ts.Extra {
+					if !slices.Contains(extraFields, k) {
+						t.Fatalf("extra %q is not allowed", k)
+					}
+				}
+			}
 		}
 	})
 }

@@ -176,20 +176,11 @@ func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 			ts.RefreshExpiresAt = now.Add(time.Duration(n) * time.Second)
 		}
 	}
-	for k, v := range fields {
-		switch k {
-		case "access_token", "refresh_token", "token_type", "scope", "expires_in", "refresh_token_expires_in", "id_token":
-			continue
-		}
-		if s := fieldString(v); s != "" && len(s) <= 256 && len(k) <= 64 {
-			if ts.Extra == nil {
-				ts.Extra = map[string]string{}
-			}
-			if len(ts.Extra) < 16 {
-				ts.Extra[k] = s
-			}
-		}
+	candidates := make(map[string]string, len(extraFields))
+	for _, k := range extraFields {
+		candidates[k] = fieldString(fields[k])
 	}
+	ts.Extra = keepExtra(candidates)
 	return ts, nil
 }
 

@@ -72,19 +72,9 @@ func (w *wechat) tokenSet(c call, reply *wechatReply) (*TokenSet, error) {
 	if secs > 0 {
 		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
 	}
-	extra := map[string]string{}
-	if reply.OpenID != "" {
-		extra["openid"] = reply.OpenID
-	}
-	if reply.UnionID != "" {
-		extra["unionid"] = reply.UnionID
-	}
-	if v := strings.Trim(string(reply.IsSnapshotUser), `"`); v != "" && v != "null" {
-		extra["is_snapshotuser"] = v
-	}
-	if len(extra) > 0 {
-		ts.Extra = extra
-	}
+	ts.Extra = keepExtra(map[string]string{
+		"openid": reply.OpenID, "unionid": reply.UnionID, "is_snapshotuser": fieldString(reply.IsSnapshotUser),
+	})
 	return ts, nil
 }
 
