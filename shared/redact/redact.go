@@ -5,7 +5,7 @@
 // verifiers, refresh and access tokens) and every form in which a
 // provider is likely to echo them: raw, query-escaped, path-escaped,
 // JSON-escaped, and base64 of "client_id:secret" as HTTP Basic
-// authentication carries it. String masks, in that order:
+// authentication carries it. Redactor.String, in this order:
 //
 //  1. makes the text printable (control and format characters become
 //     spaces, invalid UTF-8 becomes U+FFFD), so that what is matched is
@@ -20,8 +20,9 @@
 // provider that echoes a token may cut it, and a cut token is a substring
 // of the token, not the token. Masking every 8-byte window of every form
 // catches any cut at either end and any escaped piece. Eight bytes of a
-// random token carry about 48 bits, so an 8-byte window of a secret
-// essentially never occurs in ordinary text by chance (no false masks),
+// random token carry 32 (hex) to 48 (base64) bits, so an 8-byte window of
+// a secret essentially never occurs in ordinary text by chance (no false
+// masks),
 // while what can survive — fewer than 8 bytes at an edge where the
 // provider itself cut its echo — is too little of a 20-plus byte token to
 // help anyone guess it.
@@ -161,9 +162,9 @@ func (r *Redactor) add(forms ...string) {
 }
 
 // String returns s made printable, with every piece of a known secret
-// masked, then clipped to at most maxBytes bytes ("…" included) when
-// maxBytes > 0; a text that does not fit in fewer than len("…") bytes
-// becomes "". Masks and characters are never cut in half.
+// masked, then clipped to at most maxBytes bytes, "…" included, when
+// maxBytes > 0 (maxBytes <= 0: no bound). Masks and characters are never
+// cut in half; a text clipped to a bound below len("…") becomes "".
 //
 // The result never contains a run of MinRun bytes (or a whole short form)
 // of any form of a known secret, in any ASCII case. Should the inserted
