@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -80,7 +81,7 @@ var presets = map[string]preset{
 	},
 }
 
-// Preset names, sorted.
+// Presets returns the names of the presets, sorted.
 func Presets() []string {
 	names := make([]string, 0, len(presets))
 	for n := range presets {
@@ -97,25 +98,28 @@ const WeChatStableRenewWindow = 300
 const (
 	defaultWeChatAPI       = "https://api.weixin.qq.com"
 	defaultWeChatAuthorize = "https://open.weixin.qq.com/connect/oauth2/authorize"
-	defaultSinaCloudAPI    = "https://api.sinacloud.com"
+	// SinaCloud's document: https://api.sinaapp.com/oauth2/authorize and
+	// https://api.sinaapp.com/oauth2/access_token.
+	defaultSinaCloudAPI = "https://api.sinaapp.com"
 )
 
 // ParseConfig decodes a provider document strictly (unknown fields are an
 // error, so a typo cannot silently fall back to a default), applies the
-// preset and kind defaults, and validates the result.
+// preset and kind defaults, and validates the result. Errors read
+// "provider: {name}: …" and name the offending field.
 func ParseConfig(name string, doc []byte) (Config, error) {
 	var c Config
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return Config{}, fmt.Errorf("provider JSON: %w", err)
+		return Config{}, fmt.Errorf("provider: %s: provider JSON: %w", name, err)
 	}
 	if dec.More() {
-		return Config{}, fmt.Errorf("provider JSON: trailing data after the object")
+		return Config{}, fmt.Errorf("provider: %s: provider JSON: trailing data after the object", name)
 	}
 	c.Name = name
 	if err := c.applyDefaults(); err != nil {
-		return Config{}, err
+		return Config{}, fmt.Errorf("provider: %s: %w", name, err)
 	}
 	return c, c.Validate()
 }
@@ -189,7 +193,19 @@ func setDefault(field *string, value string) {
 }
 
 // Validate checks that the config is complete and coherent for its kind.
+// Every endpoint (authorize_url, token_url, revoke_url, api_base,
+// redirect_uri) must be an absolute https URL; http is accepted only for a
+// loopback host (127.0.0.0/8, ::1, localhost), which the local emulators
+// use, because these URLs carry client secrets, codes and tokens. Errors
+// read "provider: {name}: …" and name the offending field.
 func (c Config) Validate() error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("provider: %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+func (c Config) validate() error {
 	if c.ClientID == "" {
 		return fmt.Errorf("client_id is required")
 	}
@@ -203,20 +219,20 @@ func (c Config) Validate() error {
 			}
 			return nil
 		}
-		u, err := url.Parse(v)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return fmt.Errorf("%s %q is not an absolute http(s) URL", field, v)
-		}
-		return nil
+		return checkEndpoint(field, v)
 	}
 	if c.RefreshLeadSeconds < 0 || c.DailyQuotaBudget < 0 {
 		return fmt.Errorf("refresh_lead_seconds and daily_quota_budget must not be negative")
 	}
-	if err := checkURL("redirect_uri", c.RedirectURI, false); err != nil {
-		return err
-	}
-	if err := checkURL("revoke_url", c.RevokeURL, false); err != nil {
-		return err
+	// Every endpoint that is set is checked, whether or not the kind uses
+	// it: a stray http:// URL is a mistake worth reporting either way.
+	for _, e := range []struct{ field, value string }{
+		{"authorize_url", c.AuthorizeURL}, {"token_url", c.TokenURL}, {"revoke_url", c.RevokeURL},
+		{"api_base", c.APIBase}, {"redirect_uri", c.RedirectURI},
+	} {
+		if err := checkURL(e.field, e.value, false); err != nil {
+			return err
+		}
 	}
 	switch c.Kind {
 	case KindWeChatMP:
@@ -253,6 +269,34 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("unknown kind %q (wechat_mp, wechat_oauth, sinacloud, oauth2)", c.Kind)
 	}
+}
+
+// checkEndpoint accepts an absolute https URL, or an http URL of a
+// loopback host. The URL is echoed without its user info.
+func checkEndpoint(field, v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return fmt.Errorf("%s is not an absolute https URL", field)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if loopback(u.Hostname()) {
+			return nil
+		}
+		return fmt.Errorf("%s %q must use https: plain http is accepted only for loopback hosts (127.0.0.0/8, ::1, localhost)", field, u.Redacted())
+	}
+	return fmt.Errorf("%s %q must use https, not %q", field, u.Redacted(), u.Scheme)
+}
+
+// loopback reports whether host is localhost or a loopback address.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Machine reports whether the provider issues app tokens with no user (the

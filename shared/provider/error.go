@@ -3,6 +3,7 @@ package provider
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Class says what a failure means for the connection.
@@ -16,17 +17,30 @@ const (
 	// new authorization by the user restores the connection.
 	ClassReauth
 	// ClassConfig: the app's own settings are wrong (bad secret, client id,
-	// IP allowlist); every connection of the provider fails until an
-	// operator fixes them, and no user action helps.
+	// IP allowlist, an endpoint that moved); every connection of the
+	// provider fails until an operator fixes them, and no user action helps.
 	ClassConfig
+	// ClassNoRefresh: the provider will not refresh for this client id at
+	// all, though the current grant is fine. SinaCloud answers a refresh
+	// with unauthorized_client when the client id lacks its separately
+	// granted refresh permission. The access token in hand stays valid
+	// until it expires: keep serving it, stop scheduling refreshes (each
+	// one would fail the same way), and only at expiry mark the connection
+	// as needing a new authorization. Retrying cannot help, so Permanent
+	// reports true; an operator may also ask SinaCloud for the permission.
+	ClassNoRefresh
 )
 
+// String returns the class's name as metrics and logs use it: "transient",
+// "reauth", "config" or "no_refresh".
 func (c Class) String() string {
 	switch c {
 	case ClassReauth:
 		return "reauth"
 	case ClassConfig:
 		return "config"
+	case ClassNoRefresh:
+		return "no_refresh"
 	default:
 		return "transient"
 	}
@@ -34,8 +48,13 @@ func (c Class) String() string {
 
 // Error is a failure of a call to a provider. Code and Message are the
 // provider's own (for example "40029" / "invalid code", or "invalid_grant")
-// or, for transport failures, one of "timeout", "network", "http_<status>",
-// "bad_response", "too_large". No token or secret is ever part of it.
+// or, for transport failures, one of "timeout", "canceled", "network",
+// "http_<status>" (including a 3xx that was not followed), "bad_response",
+// "too_large". Both are printable, at most 64 and 200 bytes, and redacted
+// of the client secret and of every secret the call carried (code, PKCE
+// verifier, refresh token, token being revoked, tokens in the answer)
+// before they were clipped, so no piece of 8 or more bytes of any of them
+// is ever part of it (see package redact).
 type Error struct {
 	Provider   string
 	Op         string
@@ -45,6 +64,7 @@ type Error struct {
 	Class      Class
 }
 
+// Error returns "provider: {Provider} {Op}: {Code}: {Message}".
 func (e *Error) Error() string {
 	msg := e.Message
 	if msg == "" {
@@ -70,22 +90,65 @@ func ClassOf(err error) Class {
 // (revoke without a revoke endpoint, refresh of a machine token).
 var ErrNotSupported = errors.New("provider: operation not supported")
 
-// rfc6749Classes classifies the error codes of RFC 6749 §5.2 and §4.1.2.1
-// (and RFC 7009 for revocation). Codes not listed are transient: wrongly
-// retrying costs a little quota, wrongly dropping a grant loses a user.
+// rfc6749Classes classifies the error codes of RFC 6749 §5.2 and §4.1.2.1,
+// RFC 7009 §2.2.1 for revocation, and OpenID Connect Core 1.0 §3.1.2.6.
+// Codes not listed are transient: wrongly retrying costs a little quota,
+// wrongly dropping a grant loses a user. classifyOAuth applies it.
 var rfc6749Classes = map[string]Class{
-	"invalid_grant":             ClassReauth,
-	"invalid_scope":             ClassReauth,
-	"access_denied":             ClassReauth,
-	"invalid_client":            ClassConfig,
-	"unauthorized_client":       ClassConfig,
-	"unsupported_grant_type":    ClassConfig,
-	"invalid_request":           ClassConfig,
-	"unsupported_response_type": ClassConfig,
-	"unsupported_token_type":    ClassConfig,
-	"server_error":              ClassTransient,
-	"temporarily_unavailable":   ClassTransient,
-	"slow_down":                 ClassTransient,
+	"invalid_grant": ClassReauth,
+	"invalid_scope": ClassReauth,
+	"access_denied": ClassReauth,
+	// OIDC: the provider needs the user in front of it (to log in, consent
+	// or pick an account) before it grants anything again.
+	"interaction_required":       ClassReauth,
+	"login_required":             ClassReauth,
+	"consent_required":           ClassReauth,
+	"account_selection_required": ClassReauth,
+	"invalid_client":             ClassConfig,
+	"unauthorized_client":        ClassConfig,
+	"unsupported_grant_type":     ClassConfig,
+	"invalid_request":            ClassConfig,
+	"unsupported_response_type":  ClassConfig,
+	"unsupported_token_type":     ClassConfig,
+	"server_error":               ClassTransient,
+	"temporarily_unavailable":    ClassTransient,
+	"slow_down":                  ClassTransient,
+}
+
+// classifyOAuth classifies an RFC 6749 §5.2 error answer of a provider of
+// kind to operation op (opExchange, opRefresh, opToken, opRevoke):
+//
+//   - HTTP 5xx or 429: transient, whatever the code (a server that fails
+//     says little about the grant);
+//   - SinaCloud, refresh, unauthorized_client: ClassNoRefresh (its document:
+//     the client id has no refresh permission); for a code exchange and for
+//     every other kind unauthorized_client stays ClassConfig;
+//   - otherwise rfc6749Classes, and transient for codes it does not list.
+func classifyOAuth(kind, op, code string, status int) Class {
+	if status >= 500 || status == http.StatusTooManyRequests {
+		return ClassTransient
+	}
+	if kind == KindSinaCloud && op == opRefresh && code == "unauthorized_client" {
+		return ClassNoRefresh
+	}
+	if class, known := rfc6749Classes[code]; known {
+		return class
+	}
+	return ClassTransient
+}
+
+// redirectClass classifies a 3xx answer, which is never followed (see
+// New). 301 and 308 say the endpoint has moved for good (RFC 9110 §15.4.2,
+// §15.4.9): the configured URL is stale and retrying cannot help, so an
+// operator must fix it (ClassConfig). Any other 3xx (302, 303, 307, …) is
+// likelier a maintenance, login or captive page in front of the provider:
+// transient. Neither is the user's fault, and neither loses a grant: the
+// request never reached the token endpoint.
+func redirectClass(status int) Class {
+	if status == http.StatusMovedPermanently || status == http.StatusPermanentRedirect {
+		return ClassConfig
+	}
+	return ClassTransient
 }
 
 // wechatClasses classifies WeChat errcodes from the official account and

@@ -2,16 +2,52 @@ package provider
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
 
+// The secrets every fuzzed call carries: the client secret and a refresh
+// token, which the fuzzer may echo in the body in any form.
+const (
+	fuzzSecret  = "fuzz-client-secret-0123"
+	fuzzRefresh = "fuzz-refresh-token-abcdefghij"
+)
+
 func fuzzBase(kind string) base {
-	return base{cfg: Config{Name: "fuzz", Kind: kind, ClientID: "c"}, secret: "fuzz-secret", now: func() time.Time { return time.Unix(0, 0) }}
+	return base{cfg: Config{Name: "fuzz", Kind: kind, ClientID: "c"}, secret: fuzzSecret, now: func() time.Time { return time.Unix(0, 0) }}
+}
+
+var fuzzCall = call{op: opRefresh, secrets: []string{fuzzRefresh}}
+
+// checkFuzzError fails unless err is nil or a classified *Error whose code
+// and message hold no 8-byte piece of the call's secrets.
+func checkFuzzError(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	var pe *Error
+	if !errors.As(err, &pe) {
+		t.Fatalf("unclassified error %v", err)
+	}
+	for _, secret := range []string{fuzzSecret, fuzzRefresh} {
+		for i := 0; i+8 <= len(secret); i++ {
+			piece := strings.ToLower(secret[i : i+8])
+			if strings.Contains(strings.ToLower(pe.Code), piece) || strings.Contains(strings.ToLower(pe.Message), piece) {
+				t.Fatalf("error leaks %q: %v", piece, err)
+			}
+		}
+	}
+	if len(pe.Code) > maxCode || len(pe.Message) > maxMessage {
+		t.Fatalf("error text not bounded: %d / %d bytes", len(pe.Code), len(pe.Message))
+	}
 }
 
 // FuzzParseToken feeds arbitrary bodies to the RFC 6749 parser: it must
-// return a token set or a classified *Error, never panic.
+// return a token set or a classified *Error that leaks no secret, never
+// panic.
 func FuzzParseToken(f *testing.F) {
 	for _, seed := range []struct {
 		status int
@@ -27,18 +63,36 @@ func FuzzParseToken(f *testing.F) {
 		{502, "text/html", "<html>bad gateway</html>"},
 		{200, "application/json", `[1,2,3]`},
 		{200, "application/json", `{"access_token":{"x":1},"expires_in":1e400}`},
+		// Redirect answers reach the parser only if do let them through.
+		{307, "text/html", `<a href="https://evil.example/token?refresh_token=` + fuzzRefresh + `">moved</a>`},
+		{308, "application/json", `{"error":"moved","error_description":"see https://evil.example/token"}`},
+		// Echoed secrets, whole, escaped and cut.
+		{400, "application/json", `{"error":"invalid_grant","error_description":"refresh token ` + fuzzRefresh + ` is revoked"}`},
+		{400, "application/json", `{"error":"invalid_client","error_description":"client_secret=` + fuzzSecret[:15] + `"}`},
+		{400, "text/plain", "refresh_token=" + strings.ReplaceAll(fuzzRefresh, "-", "%2D") + "&client_secret=" + fuzzSecret},
+		{200, "application/json", `{"access_token":"tok-0123456789","expires_in":"tok-0123456789"}`},
+		{400, "application/json", `{"error":"` + fuzzRefresh + `"}`},
+		{400, "application/json", `{"error":"login_required","error_description":"` + strings.Repeat("x", 190) + fuzzRefresh + `"}`},
+		{400, "application/json", `{"error":"unauthorized_client","error_description":"no refresh permission"}`},
+		{200, "application/json", `{"access_token":"a","id_token":"eyJ.x.y","mac_key":"k","openid":"o","uid":"u","sub":"s","unknown":"z"}`},
 	} {
 		f.Add(seed.status, seed.ct, []byte(seed.body))
 	}
-	o := &oauth2Client{base: fuzzBase(KindOAuth2)}
+	clients := []*oauth2Client{{base: fuzzBase(KindOAuth2)}, {base: fuzzBase(KindSinaCloud)}}
 	f.Fuzz(func(t *testing.T, status int, ct string, body []byte) {
-		ts, err := o.parseToken("fuzz", &response{status: status, contentType: ct, body: body})
-		if err == nil && (ts == nil || ts.AccessToken == "") {
-			t.Fatal("success without an access token")
-		}
-		var pe *Error
-		if err != nil && !errors.As(err, &pe) {
-			t.Fatalf("unclassified error %v", err)
+		for _, o := range clients {
+			ts, err := o.parseToken(fuzzCall, &response{status: status, contentType: ct, body: body})
+			if err == nil && (ts == nil || ts.AccessToken == "") {
+				t.Fatal("success without an access token")
+			}
+			checkFuzzError(t, err)
+			if ts != nil {
+				for k := range ts.Extra {
+					if !slices.Contains(extraFields, k) {
+						t.Fatalf("extra %q is not allowed", k)
+					}
+				}
+			}
 		}
 	})
 }
@@ -53,20 +107,24 @@ func FuzzParseWeChat(f *testing.F) {
 		`<html>`,
 		`{"access_token":"a","expires_in":"7200"}`,
 		``,
+		// Echoed secrets: WeChat quotes parts of the request in errmsg.
+		`{"errcode":40030,"errmsg":"invalid refresh_token: ` + fuzzRefresh + ` rid: 1"}`,
+		`{"errcode":40001,"errmsg":"invalid credential, secret=` + fuzzSecret + `"}`,
+		`{"errcode":40125,"errmsg":"` + strings.Repeat("y", 195) + fuzzSecret + `"}`,
+		`{"access_token":"wx-token-0123456789","expires_in":"wx-token-0123456789"}`,
 	} {
 		f.Add(200, []byte(seed))
 	}
+	f.Add(302, []byte(`<a href="https://evil.example/cgi-bin/token?secret=`+fuzzSecret+`">`))
 	w := &wechat{base: fuzzBase(KindWeChatOAuth)}
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		reply, err := w.parse("fuzz", &response{status: status, body: body})
+		reply, err := w.parse(fuzzCall, &response{status: status, body: body})
 		if err != nil {
-			var pe *Error
-			if !errors.As(err, &pe) {
-				t.Fatalf("unclassified error %v", err)
-			}
+			checkFuzzError(t, err)
 			return
 		}
-		ts, err := w.tokenSet("fuzz", reply)
+		ts, err := w.tokenSet(fuzzCall, reply)
+		checkFuzzError(t, err)
 		if err == nil && ts.AccessToken == "" {
 			t.Fatal("success without an access token")
 		}

@@ -81,16 +81,14 @@ func (o *oauth2Client) Exchange(ctx context.Context, code, redirectURI, verifier
 			form.Set("code_verifier", verifier)
 		}
 	}
-	ts, err := o.token(ctx, "exchange", form)
-	return ts, scrub(err, code, verifier)
+	return o.token(ctx, call{op: opExchange, secrets: []string{code, verifier}}, form)
 }
 
 func (o *oauth2Client) Refresh(ctx context.Context, refreshToken string) (*TokenSet, error) {
 	if o.cfg.Kind == KindOAuth2 && o.cfg.Grant == GrantClientCredentials {
 		return nil, ErrNotSupported
 	}
-	ts, err := o.token(ctx, "refresh", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}})
-	return ts, scrub(err, refreshToken)
+	return o.token(ctx, call{op: opRefresh, secrets: []string{refreshToken}}, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}})
 }
 
 func (o *oauth2Client) MachineToken(ctx context.Context) (*TokenSet, error) {
@@ -101,67 +99,63 @@ func (o *oauth2Client) MachineToken(ctx context.Context) (*TokenSet, error) {
 	if len(o.cfg.Scopes) > 0 {
 		form.Set("scope", strings.Join(o.cfg.Scopes, " "))
 	}
-	return o.token(ctx, "token", form)
+	return o.token(ctx, call{op: opToken}, form)
 }
 
 // post sends a form to an endpoint with client authentication:
 // client_secret_basic (RFC 6749 §2.3.1: both parts form-encoded before
 // base64) or client_secret_post.
-func (o *oauth2Client) post(ctx context.Context, op, endpoint string, form url.Values) (*response, error) {
+func (o *oauth2Client) post(ctx context.Context, c call, endpoint string, form url.Values) (*response, error) {
 	if o.cfg.AuthStyle != "basic" {
 		form.Set("client_id", o.cfg.ClientID)
 		form.Set("client_secret", o.secret)
 	}
 	req, err := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, o.fail(op, "config", "cannot build request: endpoint is not a URL", 0, ClassConfig)
+		return nil, o.fail(c, "config", "cannot build request: endpoint is not a URL", 0, ClassConfig)
 	}
 	if o.cfg.AuthStyle == "basic" {
 		cred := url.QueryEscape(o.cfg.ClientID) + ":" + url.QueryEscape(o.secret)
 		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	return o.do(ctx, op, req)
+	return o.do(ctx, c, req)
 }
 
-func (o *oauth2Client) token(ctx context.Context, op string, form url.Values) (*TokenSet, error) {
-	r, err := o.post(ctx, op, o.cfg.TokenURL, form)
+func (o *oauth2Client) token(ctx context.Context, c call, form url.Values) (*TokenSet, error) {
+	r, err := o.post(ctx, c, o.cfg.TokenURL, form)
 	if err != nil {
 		return nil, err
 	}
-	return o.parseToken(op, r)
+	return o.parseToken(c, r)
 }
 
 // parseToken reads an RFC 6749 §5.1 answer, JSON or form-encoded (GitHub
 // without Accept), and §5.2 errors, including those sent with HTTP 200.
-func (o *oauth2Client) parseToken(op string, r *response) (*TokenSet, error) {
+func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 	fields, perr := decodeTokenBody(r)
 	if perr != nil {
 		if r.status < 200 || r.status > 299 {
-			return nil, o.httpStatusError(op, r)
+			return nil, o.httpStatusError(c, r)
 		}
-		return nil, o.fail(op, "bad_response", perr.Error(), r.status, ClassTransient)
+		return nil, o.fail(c, "bad_response", perr.Error(), r.status, ClassTransient)
 	}
+	// Whatever the answer says next is redacted of the credentials it holds.
+	c = c.with(fieldString(fields["access_token"]), fieldString(fields["refresh_token"]),
+		fieldString(fields["id_token"]), fieldString(fields["mac_key"]))
 	if code := fieldString(fields["error"]); code != "" {
-		class, known := rfc6749Classes[code]
-		if !known {
-			class = ClassTransient
-		}
-		if r.status >= 500 || r.status == http.StatusTooManyRequests {
-			class = ClassTransient
-		}
-		return nil, o.fail(op, code, fieldString(fields["error_description"]), r.status, class)
+		return nil, o.fail(c, code, fieldString(fields["error_description"]), r.status, classifyOAuth(o.cfg.Kind, c.op, code, r.status))
 	}
 	if r.status < 200 || r.status > 299 {
-		return nil, o.httpStatusError(op, r)
+		return nil, o.httpStatusError(c, r)
 	}
 	access := fieldString(fields["access_token"])
 	if access == "" {
-		return nil, o.fail(op, "bad_response", "no access_token in the response", r.status, ClassTransient)
+		return nil, o.fail(c, "bad_response", "no access_token in the response", r.status, ClassTransient)
 	}
 	secs, err := parseExpiresIn(fields["expires_in"])
 	if err != nil {
-		return nil, o.fail(op, "bad_response", err.Error(), r.status, ClassTransient)
+		return nil, o.fail(c, "bad_response", err.Error(), r.status, ClassTransient)
 	}
 	now := o.now()
 	ts := &TokenSet{
@@ -182,20 +176,11 @@ func (o *oauth2Client) parseToken(op string, r *response) (*TokenSet, error) {
 			ts.RefreshExpiresAt = now.Add(time.Duration(n) * time.Second)
 		}
 	}
-	for k, v := range fields {
-		switch k {
-		case "access_token", "refresh_token", "token_type", "scope", "expires_in", "refresh_token_expires_in", "id_token":
-			continue
-		}
-		if s := fieldString(v); s != "" && len(s) <= 256 && len(k) <= 64 {
-			if ts.Extra == nil {
-				ts.Extra = map[string]string{}
-			}
-			if len(ts.Extra) < 16 {
-				ts.Extra[k] = s
-			}
-		}
+	candidates := make(map[string]string, len(extraFields))
+	for _, k := range extraFields {
+		candidates[k] = fieldString(fields[k])
 	}
+	ts.Extra = keepExtra(candidates)
 	return ts, nil
 }
 
@@ -273,13 +258,14 @@ func (o *oauth2Client) Revoke(ctx context.Context, token, hint string) error {
 	if hint != "" {
 		form.Set("token_type_hint", hint)
 	}
-	r, err := o.post(ctx, "revoke", o.cfg.RevokeURL, form)
+	c := call{op: opRevoke, secrets: []string{token}}
+	r, err := o.post(ctx, c, o.cfg.RevokeURL, form)
 	if err != nil {
-		return scrub(err, token)
+		return err
 	}
 	if r.status >= 200 && r.status <= 299 {
 		return nil
 	}
-	_, perr := o.parseToken("revoke", r)
-	return scrub(perr, token)
+	_, err = o.parseToken(c, r)
+	return err
 }

@@ -295,12 +295,42 @@ func TestSinaCloud(t *testing.T) {
 	if emu.RefreshReuses() != 1 {
 		t.Fatalf("reuses = %d", emu.RefreshReuses())
 	}
-	bad := newClient(t, cfg, "wrong")
+	bad := newClient(t, cfg, "wrong-secret")
 	_, err = bad.Refresh(ctx, next.RefreshToken)
-	assertError(t, err, provider.ClassConfig, "unauthorized_client", "wrong")
+	assertError(t, err, provider.ClassConfig, "invalid_client", "wrong-secret")
 	emu.Inject("/oauth2/access_token", emulator.HTMLError(503), 1)
 	_, err = c.Refresh(ctx, next.RefreshToken)
 	assertError(t, err, provider.ClassTransient, "http_503")
+}
+
+// SinaCloud grants refresh permission separately: without it a refresh is
+// answered unauthorized_client, which means "serve the current token until
+// it expires, then the user authorizes again", not a broken configuration.
+func TestSinaCloudWithoutRefreshPermission(t *testing.T) {
+	emu := emulator.NewSinaCloud("sina-id", "sina-secret", "https://broker.example/callback/sina")
+	emu.NoRefreshPermission = true
+	srv := httptest.NewServer(emu)
+	defer srv.Close()
+	c := newClient(t, mustConfig(t, "sina", `{"kind":"sinacloud","client_id":"sina-id","api_base":"`+srv.URL+`"}`), "sina-secret")
+	ctx := context.Background()
+	authURL, _ := c.AuthorizeURL(provider.AuthorizeRequest{State: "abc"})
+	ts, err := c.Exchange(ctx, authorizeCode(t, authURL), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Refresh(ctx, ts.RefreshToken)
+	assertError(t, err, provider.ClassNoRefresh, "unauthorized_client", ts.RefreshToken, "sina-secret")
+	var pe *provider.Error
+	if errors.As(err, &pe); !pe.Permanent() || provider.Ambiguous(err) || provider.ClassOf(err).String() != "no_refresh" {
+		t.Fatalf("no_refresh must be permanent and not ambiguous: %+v", pe)
+	}
+	if !emu.ValidAccess(ts.AccessToken) || emu.RefreshCalls() != 0 {
+		t.Fatalf("the current access token must stay valid (valid=%v, refreshes=%d)", emu.ValidAccess(ts.AccessToken), emu.RefreshCalls())
+	}
+	// On a code exchange the same code means the client itself is refused.
+	emu.Inject("/oauth2/access_token", emulator.OAuthError(400, "unauthorized_client", "client not allowed"), 1)
+	_, err = c.Exchange(ctx, authorizeCode(t, authURL), "", "")
+	assertError(t, err, provider.ClassConfig, "unauthorized_client")
 }
 
 func TestOAuth2Generic(t *testing.T) {
@@ -409,6 +439,11 @@ func TestOAuth2ErrorsWithHTTP200AndFormBodies(t *testing.T) {
 		{"400 invalid_grant", emulator.OAuthError(400, "invalid_grant", "expired"), provider.ClassReauth, "invalid_grant"},
 		{"400 invalid_scope", emulator.OAuthError(400, "invalid_scope", "x"), provider.ClassReauth, "invalid_scope"},
 		{"401 invalid_client", emulator.OAuthError(401, "invalid_client", "x"), provider.ClassConfig, "invalid_client"},
+		{"400 unauthorized_client", emulator.OAuthError(400, "unauthorized_client", "x"), provider.ClassConfig, "unauthorized_client"},
+		{"oidc interaction_required", emulator.OAuthError(400, "interaction_required", "x"), provider.ClassReauth, "interaction_required"},
+		{"oidc login_required", emulator.OAuthError(400, "login_required", "x"), provider.ClassReauth, "login_required"},
+		{"oidc consent_required", emulator.OAuthError(400, "consent_required", "x"), provider.ClassReauth, "consent_required"},
+		{"oidc account_selection_required", emulator.OAuthError(400, "account_selection_required", "x"), provider.ClassReauth, "account_selection_required"},
 		{"400 unsupported_grant_type", emulator.OAuthError(400, "unsupported_grant_type", "x"), provider.ClassConfig, "unsupported_grant_type"},
 		{"503 temporarily_unavailable", emulator.OAuthError(503, "temporarily_unavailable", "x"), provider.ClassTransient, "temporarily_unavailable"},
 		{"500 with invalid_grant is still transient", emulator.OAuthError(500, "invalid_grant", "x"), provider.ClassTransient, "invalid_grant"},

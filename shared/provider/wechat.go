@@ -34,11 +34,11 @@ type wechatReply struct {
 	IsSnapshotUser json.RawMessage `json:"is_snapshotuser"`
 }
 
-// parseWeChat turns a WeChat answer into a reply or a classified error.
-// WeChat reports errors with HTTP 200 and an errcode body.
-func (w *wechat) parse(op string, r *response) (*wechatReply, error) {
+// parse turns a WeChat answer into a reply or a classified error. WeChat
+// reports errors with HTTP 200 and an errcode body.
+func (w *wechat) parse(c call, r *response) (*wechatReply, error) {
 	if r.status < 200 || r.status > 299 {
-		return nil, w.httpStatusError(op, r)
+		return nil, w.httpStatusError(c, r)
 	}
 	var reply wechatReply
 	if err := json.Unmarshal(r.body, &reply); err != nil {
@@ -46,44 +46,35 @@ func (w *wechat) parse(op string, r *response) (*wechatReply, error) {
 		if strings.HasPrefix(strings.TrimSpace(string(r.body)), "<") {
 			msg = "HTML page instead of a JSON response"
 		}
-		return nil, w.fail(op, "bad_response", msg, r.status, ClassTransient)
+		return nil, w.fail(c, "bad_response", msg, r.status, ClassTransient)
 	}
+	c = c.with(reply.AccessToken, reply.RefreshToken)
 	if reply.ErrCode != nil && *reply.ErrCode != 0 {
 		class, known := wechatClasses[*reply.ErrCode]
 		if !known {
 			class = ClassTransient
 		}
-		return nil, w.fail(op, strconv.Itoa(*reply.ErrCode), reply.ErrMsg, r.status, class)
+		return nil, w.fail(c, strconv.Itoa(*reply.ErrCode), reply.ErrMsg, r.status, class)
 	}
 	if reply.AccessToken == "" {
-		return nil, w.fail(op, "bad_response", "no access_token in the response", r.status, ClassTransient)
+		return nil, w.fail(c, "bad_response", "no access_token in the response", r.status, ClassTransient)
 	}
 	return &reply, nil
 }
 
-func (w *wechat) tokenSet(op string, reply *wechatReply) (*TokenSet, error) {
+func (w *wechat) tokenSet(c call, reply *wechatReply) (*TokenSet, error) {
 	now := w.now()
 	secs, err := parseExpiresIn(reply.ExpiresIn)
 	if err != nil {
-		return nil, w.fail(op, "bad_response", err.Error(), 200, ClassTransient)
+		return nil, w.fail(c.with(reply.AccessToken, reply.RefreshToken), "bad_response", err.Error(), 200, ClassTransient)
 	}
 	ts := &TokenSet{AccessToken: reply.AccessToken, RefreshToken: reply.RefreshToken, TokenType: "Bearer", Scope: reply.Scope}
 	if secs > 0 {
 		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
 	}
-	extra := map[string]string{}
-	if reply.OpenID != "" {
-		extra["openid"] = reply.OpenID
-	}
-	if reply.UnionID != "" {
-		extra["unionid"] = reply.UnionID
-	}
-	if v := strings.Trim(string(reply.IsSnapshotUser), `"`); v != "" && v != "null" {
-		extra["is_snapshotuser"] = v
-	}
-	if len(extra) > 0 {
-		ts.Extra = extra
-	}
+	ts.Extra = keepExtra(map[string]string{
+		"openid": reply.OpenID, "unionid": reply.UnionID, "is_snapshotuser": fieldString(reply.IsSnapshotUser),
+	})
 	return ts, nil
 }
 
@@ -91,6 +82,7 @@ func (w *wechat) MachineToken(ctx context.Context) (*TokenSet, error) {
 	if w.cfg.Kind != KindWeChatMP {
 		return nil, ErrNotSupported
 	}
+	c := call{op: opToken}
 	api := strings.TrimRight(w.cfg.APIBase, "/")
 	var req *http.Request
 	var err error
@@ -107,17 +99,17 @@ func (w *wechat) MachineToken(ctx context.Context) (*TokenSet, error) {
 		}
 	}
 	if err != nil {
-		return nil, w.fail("token", "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
+		return nil, w.fail(c, "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
 	}
-	r, err := w.do(ctx, "token", req)
+	r, err := w.do(ctx, c, req)
 	if err != nil {
 		return nil, err
 	}
-	reply, err := w.parse("token", r)
+	reply, err := w.parse(c, r)
 	if err != nil {
 		return nil, err
 	}
-	return w.tokenSet("token", reply)
+	return w.tokenSet(c, reply)
 }
 
 // AuthorizeURL builds WeChat's URL with its required parameter order and
@@ -144,28 +136,29 @@ func (w *wechat) AuthorizeURL(ar AuthorizeRequest) (string, error) {
 		"#wechat_redirect", nil
 }
 
-func (w *wechat) get(ctx context.Context, op, path string, q url.Values) (*wechatReply, error) {
+func (w *wechat) get(ctx context.Context, c call, path string, q url.Values) (*wechatReply, error) {
 	req, err := http.NewRequest(http.MethodGet, strings.TrimRight(w.cfg.APIBase, "/")+path+"?"+q.Encode(), nil)
 	if err != nil {
-		return nil, w.fail(op, "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
+		return nil, w.fail(c, "config", "cannot build request: api_base is not a URL", 0, ClassConfig)
 	}
-	r, err := w.do(ctx, op, req)
+	r, err := w.do(ctx, c, req)
 	if err != nil {
 		return nil, err
 	}
-	return w.parse(op, r)
+	return w.parse(c, r)
 }
 
 func (w *wechat) Exchange(ctx context.Context, code, _, _ string) (*TokenSet, error) {
 	if w.cfg.Kind != KindWeChatOAuth {
 		return nil, ErrNotSupported
 	}
-	reply, err := w.get(ctx, "exchange", "/sns/oauth2/access_token", url.Values{
+	c := call{op: opExchange, secrets: []string{code}}
+	reply, err := w.get(ctx, c, "/sns/oauth2/access_token", url.Values{
 		"appid": {w.cfg.ClientID}, "secret": {w.secret}, "code": {code}, "grant_type": {"authorization_code"}})
 	if err != nil {
-		return nil, scrub(err, code)
+		return nil, err
 	}
-	ts, err := w.tokenSet("exchange", reply)
+	ts, err := w.tokenSet(c, reply)
 	if err != nil {
 		return nil, err
 	}
@@ -182,12 +175,13 @@ func (w *wechat) Refresh(ctx context.Context, refreshToken string) (*TokenSet, e
 	if w.cfg.Kind != KindWeChatOAuth {
 		return nil, ErrNotSupported
 	}
-	reply, err := w.get(ctx, "refresh", "/sns/oauth2/refresh_token", url.Values{
+	c := call{op: opRefresh, secrets: []string{refreshToken}}
+	reply, err := w.get(ctx, c, "/sns/oauth2/refresh_token", url.Values{
 		"appid": {w.cfg.ClientID}, "grant_type": {"refresh_token"}, "refresh_token": {refreshToken}})
 	if err != nil {
-		return nil, scrub(err, refreshToken)
+		return nil, err
 	}
-	ts, err := w.tokenSet("refresh", reply)
+	ts, err := w.tokenSet(c, reply)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"html"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -38,6 +39,9 @@ type Fault struct {
 	Status      int
 	Body        string
 	ContentType string
+	// Location is sent as the Location header (a redirect, with a 3xx
+	// Status).
+	Location string
 	// Huge answers 2 MiB of JSON-looking bytes with HTTP 200.
 	Huge bool
 	// Truncate serves the real answer cut in half (the call takes effect).
@@ -47,6 +51,13 @@ type Fault struct {
 // HTMLError is a gateway error page, as proxies in front of providers send.
 func HTMLError(status int) Fault {
 	return Fault{Status: status, ContentType: "text/html", Body: "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"}
+}
+
+// Redirect answers with a 3xx status pointing at location, as a moved or
+// hijacked endpoint would. A client that follows it re-sends its request,
+// credentials included, to wherever location points.
+func Redirect(status int, location string) Fault {
+	return Fault{Status: status, Location: location, ContentType: "text/html", Body: `<a href="` + html.EscapeString(location) + `">moved</a>`}
 }
 
 // WeChatError is WeChat's error shape: HTTP 200 with errcode.
@@ -191,6 +202,9 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, h http.HandlerFunc)
 	default:
 		if fault.ContentType != "" {
 			w.Header().Set("Content-Type", fault.ContentType)
+		}
+		if fault.Location != "" {
+			w.Header().Set("Location", fault.Location)
 		}
 		w.WriteHeader(fault.Status)
 		_, _ = w.Write([]byte(fault.Body))

@@ -10,6 +10,11 @@ import (
 // redirect and one token endpoint for codes and refreshes. Refresh tokens
 // are single-use; a second use is refused and counted in RefreshReuses,
 // because at SinaCloud it means the connection is lost.
+//
+// SinaCloud grants the refresh_token permission to a client id separately
+// from the code grant; a refresh by a client without it is answered with
+// unauthorized_client, the meaning its document gives that code. Bad client
+// credentials are therefore answered with RFC 6749's invalid_client.
 type SinaCloud struct {
 	core
 	ClientID, Secret string
@@ -17,6 +22,10 @@ type SinaCloud struct {
 	// authorize request carries none).
 	RedirectURI string
 	AccessTTL   time.Duration
+	// NoRefreshPermission makes the client one without the separately
+	// granted refresh permission: codes still exchange (and still return a
+	// refresh token), refreshes answer unauthorized_client.
+	NoRefreshPermission bool
 
 	codes   map[string]time.Time
 	refresh map[string]*sinaRefresh
@@ -131,7 +140,7 @@ func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
 	}
 	f := r.PostForm
 	if f.Get("client_id") != e.ClientID || f.Get("client_secret") != e.Secret {
-		sinaError(w, http.StatusUnauthorized, "unauthorized_client", "The client credentials are invalid")
+		sinaError(w, http.StatusUnauthorized, "invalid_client", "The client credentials are invalid")
 		return
 	}
 	now := e.clock()
@@ -149,6 +158,8 @@ func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
 	case "refresh_token":
 		rt, ok := e.refresh[f.Get("refresh_token")]
 		switch {
+		case e.NoRefreshPermission:
+			sinaError(w, http.StatusBadRequest, "unauthorized_client", "The client is not authorized to use the refresh_token grant")
 		case !ok:
 			sinaError(w, http.StatusBadRequest, "invalid_grant", "Invalid refresh token")
 		case rt.used:
