@@ -127,6 +127,9 @@ func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection,
 	if class == provider.ClassReauth && !e.cfg.Machine() {
 		return b.refusedFor(ctx, e, c, "the provider refused the refresh: "+describe(cause), code, hold)
 	}
+	if class == provider.ClassNoRefresh && !e.cfg.Machine() {
+		return b.refreshDenied(ctx, e, c, cause, hold)
+	}
 	attempts := c.Attempts + 1
 	now := b.now()
 	f := store.Failure{Message: describe(cause), Attempts: attempts, NextAttempt: now.Add(b.retryDelay(attempts, c.ExpiresAt, now)),
@@ -155,6 +158,37 @@ func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection,
 		return nil, wrap(CodeProviderError, cause, "the provider rejected the app's credentials or settings (%s); an operator must fix provider %q", describe(cause), c.Provider)
 	}
 	return nil, wrap(CodeProviderUnavailable, cause, "refreshing %s failed (%s); the old token is kept and the refresh is retried", c.Key, describe(cause))
+}
+
+// refreshDenied handles a provider that will not refresh for this app at
+// all (SinaCloud's unauthorized_client on a refresh: the client id lacks
+// the refresh permission). No retry can help and the grant is not revoked:
+// the token is served until it expires, the connection leaves the refresh
+// schedule and comes back due at expiry, when it needs its user.
+func (b *Broker) refreshDenied(ctx context.Context, e *env, c *store.Connection, cause error, hold time.Time) (*store.Connection, error) {
+	b.Metrics.Count(telemetry.RefreshNotPermitted, 1, map[string]string{"Provider": c.Provider})
+	denied := fmt.Sprintf("provider %q does not let this app refresh tokens (%s); ask the provider for the refresh permission", c.Provider, describe(cause))
+	now := b.now()
+	if !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt) {
+		return b.refusedFor(ctx, e, c, "the access token expired and "+denied, "", hold)
+	}
+	f := store.Failure{Message: denied, Attempts: c.Attempts + 1, NextAttempt: c.ExpiresAt, RefreshDenied: denied, FailingNotified: c.FailingNotified}
+	w, err := e.store.PrepareFailure(c.Key, c.Fence(), f)
+	if err == nil {
+		err = b.durably(ctx, hold, w)
+	}
+	if err != nil && !errors.Is(err, store.ErrVersionConflict) && !errors.Is(err, store.ErrNotFound) {
+		b.log().ErrorContext(ctx, "could not record that the provider refuses refreshes", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
+	}
+	b.log().WarnContext(ctx, "provider refuses refreshes for this app; serving the token until it expires", "provider", c.Provider,
+		"connection", c.Connection, "expires_at", c.ExpiresAt)
+	next := *c
+	next.RefreshDenied, next.LastError, next.LastErrorAt, next.Attempts = denied, denied, now, f.Attempts
+	next.LeaseOwner, next.LeaseUntil, next.RefreshAt = "", time.Time{}, c.ExpiresAt
+	if usable(e.cfg, &next, 0, now) {
+		return &next, nil
+	}
+	return nil, Errorf(CodeNeedsReauth, "connection %s needs re-authorization: %s", c.Key, denied)
 }
 
 // refusedFor ends a grant the provider refused: needs_reauth, unless the

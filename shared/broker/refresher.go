@@ -17,6 +17,9 @@ type Summary struct {
 	SkippedLocked   int `json:"skipped_locked"`
 	FailedTransient int `json:"failed_transient"`
 	NeedsReauth     int `json:"needs_reauth"`
+	// NotPermitted counts connections whose provider refused to refresh
+	// them at all; they are served until they expire.
+	NotPermitted int `json:"refresh_not_permitted"`
 	// Stale counts due-index copies that no longer matched the table
 	// (refreshed, re-authorized or deleted since): nothing to do.
 	Stale int `json:"stale"`
@@ -40,6 +43,7 @@ const (
 	outcomeBroken
 	outcomeStale
 	outcomeNotStarted
+	outcomeNotPermitted
 )
 
 // tally counts outcomes from many goroutines.
@@ -64,6 +68,8 @@ func (t *tally) add(o outcome) {
 		t.sum.Stale++
 	case outcomeNotStarted:
 		t.sum.NotStarted++
+	case outcomeNotPermitted:
+		t.sum.NotPermitted++
 	default:
 		t.sum.FailedTransient++
 	}
@@ -200,7 +206,7 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
 	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
 		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "stale", sum.Stale, "not_started", sum.NotStarted,
-		"broken", sum.Broken, "notices", sum.Notices)
+		"broken", sum.Broken, "notices", sum.Notices, "refresh_not_permitted", sum.NotPermitted)
 	for err := range errs {
 		return &sum, storeError(err, "due index")
 	}
@@ -279,8 +285,10 @@ func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Tim
 		}
 		return outcomeFailed
 	}
-	_, err = b.refreshHeld(ctx, e, conn, hold)
+	after, err := b.refreshHeld(ctx, e, conn, hold)
 	switch {
+	case err == nil && after.RefreshDenied != "":
+		return outcomeNotPermitted
 	case err == nil:
 		return outcomeRefreshed
 	case ErrorCode(err) == CodeNeedsReauth:

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -456,4 +457,68 @@ type failingNotifier struct{}
 
 func (failingNotifier) Publish(context.Context, string, []byte) error {
 	return fmt.Errorf("eventbridge unavailable")
+}
+
+// SinaCloud's unauthorized_client on a refresh means the app may not
+// refresh at all: the token keeps serving until it expires, the provider is
+// not asked again, and at expiry the connection needs its user, with one
+// event that names the missing permission.
+func TestSinaCloudWithoutRefreshPermission(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	sink := eventQueue(t)
+	name := localaws.UniqueName("sinanorefresh")
+	emu := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, "https://broker.test/callback/"+name)
+	srv := startServer(t, emu)
+	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
+		t.Fatal(err)
+	}
+	f.freshConfig()
+	k := store.Key{Provider: name, Connection: "no-refresh"}
+	f.authorize(t, k)
+	first, _ := f.store.Get(ctx, k, true)
+	emu.NoRefreshPermission = true
+	f.clock.Add(broker.ForceWindow)
+	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
+	if err != nil || tok.AccessToken != first.AccessToken {
+		t.Fatalf("a refused refresh must keep serving the token: %v", err)
+	}
+	st, _ := f.b.Status(ctx, k)
+	if st.Status != store.StatusActive || !strings.Contains(st.LastError, "refresh permission") {
+		t.Fatalf("status %+v", st)
+	}
+	if got := f.count(t, telemetry.RefreshNotPermitted, map[string]string{"Provider": name}); got != 1 {
+		t.Fatalf("RefreshNotPermitted %v, want 1", got)
+	}
+	// Nothing more is asked of the provider before expiry, by requests or ticks.
+	calls := emu.Calls("/oauth2/access_token")
+	for i := 0; i < 3; i++ {
+		f.clock.Add(time.Hour)
+		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 24 * time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if sum, err := f.b.RefreshDue(ctx); err != nil || sum.Due != 0 {
+			t.Fatalf("due before expiry: %+v %v", sum, err)
+		}
+		f.clock.Add(broker.ForceWindow)
+		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if emu.Calls("/oauth2/access_token") != calls {
+		t.Fatal("the provider was asked again to refresh a grant it will not refresh")
+	}
+	// At expiry the refresher ends it.
+	f.clock.Add(first.ExpiresAt.Sub(f.clock.Now()) + time.Second)
+	sum, err := f.b.RefreshDue(ctx)
+	if err != nil || sum.NeedsReauth != 1 {
+		t.Fatalf("at expiry: %+v %v", sum, err)
+	}
+	evs := eventsAbout(receiveAll(t, sink), k)
+	if len(evs) != 1 || !strings.Contains(fmt.Sprint(evs[0]["detail"]), "refresh permission") {
+		t.Fatalf("events %v", evs)
+	}
+	if emu.Calls("/oauth2/access_token") != calls {
+		t.Fatal("the provider was asked at expiry")
+	}
 }

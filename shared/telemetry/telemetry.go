@@ -72,6 +72,9 @@ const (
 	// RefreshUnsaved counts refreshes the provider answered whose result
 	// DynamoDB would not store within the time budget.
 	RefreshUnsaved = "RefreshUnsaved"
+	// RefreshNotPermitted counts refreshes a provider refused because the
+	// app may not refresh at all (the grant is served until it expires).
+	RefreshNotPermitted = "RefreshNotPermitted"
 	// EventsFailed counts lifecycle events EventBridge would not take.
 	EventsFailed = "EventsFailed"
 	// RefresherDuration is how long one refresher tick took.

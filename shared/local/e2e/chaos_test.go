@@ -416,3 +416,67 @@ func TestStampedeThroughDynamoDBFaults(t *testing.T) {
 		}
 	}
 }
+
+// The one loss nothing can prevent, made to happen on purpose: the
+// provider has rotated the grant and the process dies before its commit
+// reaches DynamoDB. Nothing is stuck: the lease runs out, the next refresh
+// presents the spent token, and the connection ends in needs_reauth with
+// exactly one event.
+func TestKillBetweenProviderAnswerAndCommitEndsVisibly(t *testing.T) {
+	proxy, err := ddbfault.Start(stack.Endpoints.DynamoDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	w := newSinaWorld(t, "killed", 7*24*time.Hour)
+	k := w.seed(t, 1)[0]
+	sink := w.reauthEvents(t)
+	env := w.env()
+	env[localaws.EnvDynamoDB] = proxy.URL
+	victim := startFunction(t, "token", env)
+	expectStatus(t, tokenOf(t, victim, k.Provider, k.Connection, "min_ttl=0"), 200, "")
+	ageConnection(t, w.table, k.Provider, k.Connection, 90*time.Second)
+	// Every commit attempt hangs before it reaches DynamoDB.
+	proxy.Inject("PutItem", ddbfault.Fault{Kind: ddbfault.StallBefore, Stall: time.Minute}, 20)
+	done := make(chan error, 1)
+	go func() {
+		_, err := victim.Invoke(context.Background(), request{method: "GET", path: "/connections/" + k.Provider + "/" + k.Connection + "/token",
+			query: "min_ttl=600", iam: true}.event())
+		done <- err
+	}()
+	for w.emu.RefreshCalls() == 0 || proxy.Seen("PutItem") == 0 {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := syscall.Kill(-victim.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var fe *lambdarun.FunctionError
+	if err := <-done; !errors.As(err, &fe) {
+		t.Fatalf("the killed invocation answered: %v", err)
+	}
+	proxy.Clear()
+	if proxy.Forwarded("PutItem") != 0 {
+		t.Fatal("the commit reached DynamoDB: the kill came too late to test the loss")
+	}
+	held, _ := w.store.Get(context.Background(), k, true)
+	if !held.Leased(time.Now()) {
+		t.Fatal("the dead holder's lease is gone already")
+	}
+	leaseLeft := time.Until(held.LeaseUntil)
+	time.Sleep(leaseLeft + 100*time.Millisecond)
+	survivor := startFunction(t, "token", w.env())
+	expectStatus(t, tokenOf(t, survivor, k.Provider, k.Connection, "min_ttl=600"), 409, "needs_reauth")
+	expectStatus(t, tokenOf(t, survivor, k.Provider, k.Connection, ""), 409, "needs_reauth")
+	if w.emu.RefreshCalls() != 1 || w.emu.RefreshReuses() != 1 {
+		t.Fatalf("%d refreshes, %d reuses; want the lost one and the one reuse that found it", w.emu.RefreshCalls(), w.emu.RefreshReuses())
+	}
+	evs, err := sink.Receive(context.Background())
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("%d events (%v), want exactly 1", len(evs), err)
+	}
+	final, _ := w.store.Get(context.Background(), k, true)
+	if final.Status != store.StatusNeedsReauth || final.LeaseOwner != "" {
+		t.Fatalf("final %s with lease %q", final.Status, final.LeaseOwner)
+	}
+	t.Logf("the dead holder's lease ran out %v after the kill", leaseLeft.Round(time.Millisecond))
+}

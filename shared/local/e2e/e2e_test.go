@@ -192,8 +192,8 @@ func TestProviderErrorsKeepTheStoredToken(t *testing.T) {
 		{"html 502", "/oauth2/access_token", func() { stack.Sina.Inject("/oauth2/access_token", htmlFault(502), 1) }, 503, "provider_unavailable"},
 		{"truncated", "/oauth2/access_token", func() { stack.Sina.Inject("/oauth2/access_token", truncFault(), 1) }, 503, "provider_unavailable"},
 		{"huge", "/oauth2/access_token", func() { stack.Sina.Inject("/oauth2/access_token", hugeFault(), 1) }, 503, "provider_unavailable"},
-		{"unauthorized_client", "/oauth2/access_token", func() {
-			stack.Sina.Inject("/oauth2/access_token", oauthFault(401, "unauthorized_client", "bad client"), 1)
+		{"invalid_client", "/oauth2/access_token", func() {
+			stack.Sina.Inject("/oauth2/access_token", oauthFault(401, "invalid_client", "bad client"), 1)
 		}, 502, "provider_error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
