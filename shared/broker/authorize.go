@@ -16,6 +16,9 @@ type AuthorizeRequest struct {
 	Key      store.Key
 	Scopes   []string
 	ReturnTo string
+	// Metadata is stored with the connection when the authorization
+	// completes; see ValidateMetadata.
+	Metadata map[string]string
 	// RequestBase is https://{domainName} of the incoming request, used for
 	// the callback URL when no PUBLIC_BASE_URL or redirect_uri is set.
 	RequestBase string
@@ -54,6 +57,9 @@ func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (
 	if err := b.checkReturnTo(req.ReturnTo); err != nil {
 		return nil, err
 	}
+	if err := ValidateMetadata(req.Metadata); err != nil {
+		return nil, err
+	}
 	redirect, err := b.redirectURI(e.cfg, req.RequestBase)
 	if err != nil {
 		return nil, err
@@ -73,7 +79,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (
 	}
 	now := b.now()
 	st := &store.State{Key: req.Key, Verifier: verifier, ReturnTo: req.ReturnTo, RedirectURI: redirect,
-		Scopes: req.Scopes, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
+		Scopes: req.Scopes, Metadata: req.Metadata, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
 	if err := e.store.PutState(ctx, state, st); err != nil {
 		return nil, storeError(err, "state")
 	}
@@ -170,7 +176,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 		return res, nil
 	}
 	now := b.now()
-	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now}
+	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now, Metadata: st.Metadata}
 	applyTokens(conn, ts)
 	scheduleRefresh(conn, e.cfg, now)
 	if _, err := b.storeGrant(ctx, e.store, conn, "callback"); err != nil {

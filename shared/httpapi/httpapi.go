@@ -52,6 +52,8 @@ type Core interface {
 	Token(ctx context.Context, req broker.TokenRequest) (*broker.Token, error)
 	Status(ctx context.Context, k store.Key) (*broker.Status, error)
 	Delete(ctx context.Context, k store.Key) error
+	List(ctx context.Context, req broker.ListRequest) (*broker.ListPage, error)
+	Import(ctx context.Context, req broker.ImportRequest) (*broker.Status, bool, error)
 }
 
 // Handler serves the routes.
@@ -204,25 +206,15 @@ func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response,
 		return h.errorResponse(ctx, err), nil
 	}
 	var req struct {
-		Scopes   []string `json:"scopes"`
-		ReturnTo string   `json:"return_to"`
+		Scopes   []string          `json:"scopes"`
+		ReturnTo string            `json:"return_to"`
+		Metadata map[string]string `json:"metadata"`
 	}
-	b, err := body(ev)
-	if err != nil {
-		return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body is not valid base64")), nil
-	}
-	if len(b) > 16<<10 {
-		return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body is larger than 16 KiB")), nil
-	}
-	if strings.TrimSpace(string(b)) != "" {
-		dec := json.NewDecoder(strings.NewReader(string(b)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body must be JSON like {\"scopes\":[…],\"return_to\":\"https://…\"}: %s", firstLine(err.Error()))), nil
-		}
+	if err := readJSON(ev, &req, `{"scopes":[…],"return_to":"https://…","metadata":{…}}`); err != nil {
+		return h.errorResponse(ctx, err), nil
 	}
 	res, err := h.Core.StartAuthorization(ctx, broker.AuthorizeRequest{
-		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, RequestBase: requestBase(ev),
+		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, Metadata: req.Metadata, RequestBase: requestBase(ev),
 	})
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
@@ -314,14 +306,18 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
+	method := ev.RequestContext.HTTP.Method
+	segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/")
+	if len(segs) == 2 && method == http.MethodGet {
+		return h.list(ctx, ev), nil
+	}
 	ids, err := pathParams(ev, "provider", "connection")
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
 	key := store.Key{Provider: ids[0], Connection: ids[1]}
-	method := ev.RequestContext.HTTP.Method
 	suffix := ""
-	if segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/"); len(segs) == 4 {
+	if len(segs) == 4 {
 		suffix = segs[3]
 	}
 	switch {
@@ -342,8 +338,9 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 		if err != nil {
 			return h.errorResponse(ctx, err), nil
 		}
-		return jsonResponse(http.StatusOK, map[string]any{"provider": key.Provider, "connection": key.Connection,
-			"status": st.Status, "expires_at": rfc3339(st.ExpiresAt), "refreshed_at": rfc3339(st.RefreshedAt), "last_error": st.LastError}), nil
+		return jsonResponse(http.StatusOK, statusBody(st)), nil
+	case method == http.MethodPut && suffix == "":
+		return h.importGrant(ctx, ev, key, caller), nil
 	case method == http.MethodDelete && suffix == "":
 		if err := h.Core.Delete(ctx, key); err != nil {
 			return h.errorResponse(ctx, err), nil
@@ -351,6 +348,99 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 		return Response{StatusCode: http.StatusNoContent, Headers: map[string]string{"Cache-Control": "no-store"}}, nil
 	}
 	return h.errorResponse(ctx, broker.Errorf(broker.CodeNotFound, "no route %s %s", method, ev.RawPath)), nil
+}
+
+// statusBody is a connection's state without secrets: the status route's
+// and the import route's answer.
+func statusBody(st *broker.Status) map[string]any {
+	return map[string]any{"provider": st.Key.Provider, "connection": st.Key.Connection, "status": st.Status,
+		"expires_at": rfc3339(st.ExpiresAt), "refreshed_at": rfc3339(st.RefreshedAt), "last_error": st.LastError,
+		"metadata": labels(st.Metadata)}
+}
+
+func labels(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+// list serves GET /connections/{provider}?status&limit&cursor.
+func (h *Handler) list(ctx context.Context, ev *request) Response {
+	ids, err := pathParams(ev, "provider")
+	if err != nil {
+		return h.errorResponse(ctx, err)
+	}
+	q := ev.QueryStringParameters
+	for name := range q {
+		if name != "status" && name != "limit" && name != "cursor" {
+			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "unknown query parameter %.40q (status, limit, cursor)", name))
+		}
+	}
+	req := broker.ListRequest{Provider: ids[0], Status: store.Status(q["status"]), Cursor: q["cursor"]}
+	if v, ok := q["limit"]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "limit must be a whole number from 1 to 100"))
+		}
+		req.Limit = n
+	}
+	if _, ok := q["status"]; ok && req.Status == "" {
+		return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "status must be active or needs_reauth"))
+	}
+	page, err := h.Core.List(ctx, req)
+	if err != nil {
+		return h.errorResponse(ctx, err)
+	}
+	conns := make([]map[string]any, 0, len(page.Connections))
+	for _, c := range page.Connections {
+		conns = append(conns, map[string]any{"connection": c.Connection, "status": c.Status, "expires_at": rfc3339(c.ExpiresAt),
+			"refreshed_at": rfc3339(c.RefreshedAt), "last_error": c.LastError, "metadata": labels(c.Metadata)})
+	}
+	body := map[string]any{"provider": page.Provider, "connections": conns}
+	if page.NextCursor != "" {
+		body["next_cursor"] = page.NextCursor
+	}
+	return jsonResponse(http.StatusOK, body)
+}
+
+// importBody is PUT /connections/{provider}/{connection}'s body.
+type importBody struct {
+	AccessToken  string            `json:"access_token"`
+	RefreshToken string            `json:"refresh_token"`
+	ExpiresIn    *int64            `json:"expires_in"`
+	ExpiresAt    *string           `json:"expires_at"`
+	TokenType    string            `json:"token_type"`
+	Scope        string            `json:"scope"`
+	Extra        map[string]string `json:"extra"`
+	Metadata     map[string]string `json:"metadata"`
+}
+
+// importGrant serves PUT /connections/{provider}/{connection}: 201 when
+// created, 200 when it replaced a connection, with the status body.
+func (h *Handler) importGrant(ctx context.Context, ev *request, key store.Key, caller string) Response {
+	var in importBody
+	if err := readJSON(ev, &in, `{"access_token":"…","refresh_token":"…","expires_in":3600,"metadata":{…}}`); err != nil {
+		return h.errorResponse(ctx, err)
+	}
+	req := broker.ImportRequest{Key: key, AccessToken: in.AccessToken, RefreshToken: in.RefreshToken, ExpiresIn: in.ExpiresIn,
+		TokenType: in.TokenType, Scope: in.Scope, Extra: in.Extra, Metadata: in.Metadata, Caller: caller}
+	if in.ExpiresAt != nil {
+		at, err := time.Parse(time.RFC3339, *in.ExpiresAt)
+		if err != nil {
+			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "expires_at must be an RFC 3339 time like 2026-01-02T15:04:05Z"))
+		}
+		req.ExpiresAt = &at
+	}
+	st, created, err := h.Core.Import(ctx, req)
+	if err != nil {
+		return h.errorResponse(ctx, err)
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	return jsonResponse(status, statusBody(st))
 }
 
 // tokenBody is the token routes' answer.

@@ -23,6 +23,8 @@ type fakeCore struct {
 	start    func(broker.AuthorizeRequest) (*broker.AuthorizeResult, error)
 	complete func(broker.CallbackRequest) (*broker.CallbackResult, error)
 	token    func(broker.TokenRequest) (*broker.Token, error)
+	list     func(broker.ListRequest) (*broker.ListPage, error)
+	imp      func(broker.ImportRequest) (*broker.Status, bool, error)
 	status   func(store.Key) (*broker.Status, error)
 	del      func(store.Key) error
 }
@@ -38,6 +40,12 @@ func (f *fakeCore) Token(_ context.Context, r broker.TokenRequest) (*broker.Toke
 }
 func (f *fakeCore) Status(_ context.Context, k store.Key) (*broker.Status, error) { return f.status(k) }
 func (f *fakeCore) Delete(_ context.Context, k store.Key) error                   { return f.del(k) }
+func (f *fakeCore) List(_ context.Context, r broker.ListRequest) (*broker.ListPage, error) {
+	return f.list(r)
+}
+func (f *fakeCore) Import(_ context.Context, r broker.ImportRequest) (*broker.Status, bool, error) {
+	return f.imp(r)
+}
 
 func loadEvent(t *testing.T, name string) map[string]any {
 	t.Helper()

@@ -94,6 +94,7 @@ type connectionItem struct {
 	Type             string            `dynamodbav:"type"`
 	Provider         string            `dynamodbav:"provider"`
 	Connection       string            `dynamodbav:"connection"`
+	ListProvider     string            `dynamodbav:"list_provider"`
 	Kind             string            `dynamodbav:"kind,omitempty"`
 	AccessToken      string            `dynamodbav:"access_token,omitempty"`
 	RefreshToken     string            `dynamodbav:"refresh_token,omitempty"`
@@ -148,7 +149,7 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 	if err := checkLabels("extra", c.Extra, MaxExtra, 128, maxText); err != nil {
 		return nil, err
 	}
-	if err := checkLabels("metadata", c.Metadata, MaxMetadata, 64, 256); err != nil {
+	if err := checkLabels("metadata", c.Metadata, MaxMetadata, 64, 1024); err != nil {
 		return nil, err
 	}
 	if len(c.TokenType) > 64 || len(c.Scope) > maxText || len(c.Kind) > 64 || len(c.Generation) > 64 {
@@ -156,7 +157,7 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 	}
 	pk := c.Key.pk()
 	it := connectionItem{
-		PK: pk, Type: "connection", Provider: c.Provider, Connection: c.Connection, Kind: c.Kind,
+		PK: pk, Type: "connection", Provider: c.Provider, Connection: c.Connection, ListProvider: c.Provider, Kind: c.Kind,
 		TokenType: c.TokenType, Scope: c.Scope,
 		ExpiresAt: unixOrZero(c.ExpiresAt), RefreshExpiresAt: unixOrZero(c.RefreshExpiresAt),
 		Extra: c.Extra, Metadata: c.Metadata, Status: string(c.Status), Generation: c.Generation, Version: c.Version, WriteID: writeID,

@@ -23,24 +23,27 @@ type State struct {
 	ReturnTo    string
 	RedirectURI string
 	Scopes      []string
-	CreatedAt   time.Time
-	ExpiresAt   time.Time
+	// Metadata is stored with the connection when the authorization completes.
+	Metadata  map[string]string
+	CreatedAt time.Time
+	ExpiresAt time.Time
 }
 
 type stateItem struct {
-	PK          string   `dynamodbav:"pk"`
-	Type        string   `dynamodbav:"type"`
-	Provider    string   `dynamodbav:"provider"`
-	Connection  string   `dynamodbav:"connection"`
-	Verifier    string   `dynamodbav:"verifier,omitempty"`
-	ReturnTo    string   `dynamodbav:"return_to,omitempty"`
-	RedirectURI string   `dynamodbav:"redirect_uri,omitempty"`
-	Scopes      []string `dynamodbav:"scopes,omitempty"`
-	CreatedAt   int64    `dynamodbav:"created_at"`
-	ExpiresAt   int64    `dynamodbav:"expires_at"`
-	TTL         int64    `dynamodbav:"ttl"`
-	WriteID     string   `dynamodbav:"write_id,omitempty"`
-	ConsumedBy  string   `dynamodbav:"consumed_by,omitempty"`
+	PK          string            `dynamodbav:"pk"`
+	Type        string            `dynamodbav:"type"`
+	Provider    string            `dynamodbav:"provider"`
+	Connection  string            `dynamodbav:"connection"`
+	Verifier    string            `dynamodbav:"verifier,omitempty"`
+	ReturnTo    string            `dynamodbav:"return_to,omitempty"`
+	RedirectURI string            `dynamodbav:"redirect_uri,omitempty"`
+	Scopes      []string          `dynamodbav:"scopes,omitempty"`
+	Metadata    map[string]string `dynamodbav:"metadata,omitempty"`
+	CreatedAt   int64             `dynamodbav:"created_at"`
+	ExpiresAt   int64             `dynamodbav:"expires_at"`
+	TTL         int64             `dynamodbav:"ttl"`
+	WriteID     string            `dynamodbav:"write_id,omitempty"`
+	ConsumedBy  string            `dynamodbav:"consumed_by,omitempty"`
 }
 
 func statePK(value string) string {
@@ -74,10 +77,13 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 	if st.ExpiresAt.IsZero() || len(st.ReturnTo) > maxText || len(st.RedirectURI) > maxText || len(st.Scopes) > 64 {
 		return fmt.Errorf("%w: state needs an expiry, and return_to, redirect_uri and scopes within bounds", ErrInvalid)
 	}
+	if err := checkLabels("metadata", st.Metadata, MaxMetadata, 64, 1024); err != nil {
+		return err
+	}
 	pk := statePK(value)
 	it := stateItem{
 		PK: pk, Type: "state", Provider: st.Provider, Connection: st.Connection,
-		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes,
+		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes, Metadata: st.Metadata,
 		CreatedAt: unixOrZero(st.CreatedAt), ExpiresAt: st.ExpiresAt.Unix(),
 		// DynamoDB deletes expired items late; consumers check expires_at themselves.
 		TTL: st.ExpiresAt.Add(time.Hour).Unix(),
@@ -156,7 +162,7 @@ func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) 
 	}
 	st := &State{
 		Key:      Key{Provider: it.Provider, Connection: it.Connection},
-		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes,
+		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes, Metadata: it.Metadata,
 		CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: timeOrZero(it.ExpiresAt),
 	}
 	if err := st.Key.Validate(); err != nil {
