@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"tokenbroker/shared/store"
+	"tokenbroker/shared/telemetry"
 )
 
 // Summary is what one refresher tick did.
@@ -32,6 +33,7 @@ const stopMargin = 12 * time.Second
 // bounded concurrency overall and per provider, and stops taking new work
 // when the context's deadline is near.
 func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
+	start := b.now()
 	c, err := b.current(ctx)
 	if err != nil {
 		return nil, err
@@ -93,6 +95,7 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	wg.Wait()
 	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
 		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "not_started", sum.NotStarted, "broken", sum.Broken)
+	b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(start), nil)
 	return sum, nil
 }
 

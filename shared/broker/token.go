@@ -351,6 +351,7 @@ func (b *Broker) quotaGuard(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	b.Metrics.Count(telemetry.QuotaUsed, float64(n), map[string]string{"AppID": e.cfg.ClientID})
 	if n*10 >= budget*8 {
 		b.log().WarnContext(ctx, "wechat token quota budget almost spent", "provider", e.cfg.Name, "calls_today", n, "budget", budget)
 	}
