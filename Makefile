@@ -17,8 +17,10 @@ FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunc
 fn_dir         = $(word 2,$(subst :, ,$(filter $(1):%,$(FUNCTIONS))))
 LOGICAL_IDS   := $(foreach f,$(FUNCTIONS),$(firstword $(subst :, ,$(f))))
 BUILD_TARGETS := $(addprefix build-,$(LOGICAL_IDS))
+STATICCHECK   := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+MAX_FILE_SIZE := 1048576
 
-.PHONY: all build deps test unit lint check-build bench dev clean invoke-% FORCE $(BUILD_TARGETS)
+.PHONY: all build deps test unit lint hygiene check-build bench dev clean invoke-% FORCE $(BUILD_TARGETS)
 
 all: build
 
@@ -61,9 +63,9 @@ $(DDB_STAMP): $(DDB_DIR)/package.json $(DDB_DIR)/package-lock.json
 	@touch $@
 
 ## test: unit tests with -race, tests against DynamoDB Local and moto, the
-## end-to-end tests of the built bootstraps, gofmt/vet, cfn-lint and the
-## build rule's own test (check-build)
-test: deps check-build
+## end-to-end tests of the built bootstraps, gofmt/vet, cfn-lint, the
+## repository checks (hygiene) and the build rule's own test (check-build)
+test: deps hygiene check-build
 	@unformatted=$$(gofmt -l functions shared); \
 	  [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
@@ -78,8 +80,23 @@ unit:
 lint:
 	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; exit 1; }
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(STATICCHECK) ./...
 	cfn-lint template.yaml
+
+## hygiene: what CI refuses besides failing tests: a tracked file over 1 MiB,
+## an untidy go.mod/go.sum, a staticcheck finding. Each failure prints one
+## line: what is wrong and the command that fixes it. Tracked files come
+## from git (as in CI's clean clone), never from the working directory.
+hygiene:
+	@cd "$(ROOT)" && gitout=$$(git rev-parse --is-inside-work-tree 2>&1) || { \
+	  echo "hygiene: git cannot list the tracked files here ($$(head -n1 <<<"$$gitout")); run make test in a git clone: git clone <repository>"; exit 1; }
+	@cd "$(ROOT)" && big=$$(git ls-files -z | xargs -0 -r stat --printf '%s\t%n\n' -- 2>/dev/null | \
+	  awk -F'\t' '$$1 > $(MAX_FILE_SIZE) { printf "%s%s (%.1f MiB)", sep, $$2, $$1/1048576; sep = ", " }'); \
+	  [ -z "$$big" ] || { echo "hygiene: tracked files over 1 MiB: $$big; untrack with: git rm --cached <file> (and list it in .gitignore)"; exit 1; }
+	@cd "$(ROOT)" && tidy=$$($(GO) mod tidy -diff 2>&1); rc=$$?; \
+	  if [ $$rc -ne 0 ] && grep -q '^diff ' <<<"$$tidy"; then echo "hygiene: go.mod/go.sum are not tidy (go mod tidy -diff shows how); fix with: go mod tidy"; exit 1; \
+	  elif [ $$rc -ne 0 ]; then echo "hygiene: go mod tidy -diff failed ($$(head -n1 <<<"$$tidy")); fix that, then: go mod tidy"; exit 1; fi
+	@cd "$(ROOT)" && $(STATICCHECK) ./... || { echo "hygiene: staticcheck findings (above); fix them and rerun: $(STATICCHECK) ./..."; exit 1; }
 
 ## check-build: the build rule's test: build-TokenFunction still builds a
 ## linux/arm64 bootstrap where a file named build-TokenFunction exists, and
