@@ -65,9 +65,15 @@ const (
 	NeedsReauth      = "NeedsReauth"
 	TokenServed      = "TokenServed"
 	QuotaRefused     = "QuotaRefused"
-	// QuotaUsed is how many WeChat cgi-bin/token calls an app (dimension
-	// AppID) has made so far today.
+	// QuotaUsed is the WeChat cgi-bin/token calls counted so far today, per AppID.
 	QuotaUsed = "QuotaUsed"
+	// RefreshFailing counts failure streaks announced (Connection Refresh Failing).
+	RefreshFailing = "RefreshFailing"
+	// RefreshUnsaved counts refreshes the provider answered whose result
+	// DynamoDB would not store within the time budget.
+	RefreshUnsaved = "RefreshUnsaved"
+	// EventsFailed counts lifecycle events EventBridge would not take.
+	EventsFailed = "EventsFailed"
 	// RefresherDuration is how long one refresher tick took.
 	RefresherDuration = "RefresherDuration"
 )
@@ -87,6 +93,8 @@ var rollups = map[string][][]string{
 	NeedsReauth:      {{}},
 	TokenServed:      {{}},
 	QuotaRefused:     {{}},
+	RefreshFailing:   {{}},
+	RefreshUnsaved:   {{}},
 }
 
 // dimensionSets returns the full set of dims (sorted) followed by the

@@ -90,6 +90,9 @@ func TestEMFDimensionSets(t *testing.T) {
 		{telemetry.ProviderLatency, map[string]string{"Provider": "p", "Op": "refresh"}, `[["Op","Provider"],["Op"]]`},
 		// A rollup whose key the line lacks is left out, not published invalid.
 		{telemetry.ProviderLatency, map[string]string{"Provider": "p"}, `[["Provider"]]`},
+		{telemetry.RefreshFailing, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.RefreshUnsaved, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.EventsFailed, nil, `[[]]`},
 		{telemetry.QuotaUsed, map[string]string{"AppID": "wx1"}, `[["AppID"]]`},
 		{telemetry.RefresherDuration, nil, `[[]]`},
 		// Already the empty set: not repeated.
