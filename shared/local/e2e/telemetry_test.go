@@ -79,8 +79,12 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 	f := &functions{authorize: startFunction(t, "authorize", nil), callback: startFunction(t, "callback", nil),
 		token: startFunction(t, "token", nil), refresher: startFunction(t, "refresher", map[string]string{"TABLE_NAME": table})}
 	secondToken := startFunction(t, "token", nil)
+	// A refresh the broker must do: the stored token looks 30 s from
+	// expiry (less than any caller is handed, WeChat's quota-saving cap
+	// included) and the caller wants 10 minutes.
 	refresh := func(provider, conn string) response {
-		return invoke(t, f.token, request{method: "POST", path: "/connections/" + provider + "/" + conn + "/refresh", iam: true})
+		ageConnection(t, stack.Table, provider, conn, 30*time.Second)
+		return tokenOf(t, f.token, provider, conn, "min_ttl=600")
 	}
 
 	const conn = "alarms"
@@ -98,12 +102,13 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 	// the held call's HTTP timeout.
 	expectStatus(t, tokenOf(t, secondToken, alarmSina, conn, ""), 200, "")
 	refreshesBefore := sina.RefreshCalls()
+	ageConnection(t, stack.Table, alarmSina, conn, 30*time.Second)
 	arrived, release := gate.hold()
 	var holder, waiter response
 	holderDone, waiterDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(holderDone)
-		holder = invoke(t, f.token, request{method: "POST", path: "/connections/" + alarmSina + "/" + conn + "/refresh", iam: true})
+		holder = tokenOf(t, f.token, alarmSina, conn, "min_ttl=600")
 	}()
 	select {
 	case <-arrived:
@@ -112,7 +117,7 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 	}
 	go func() {
 		defer close(waiterDone)
-		waiter = invoke(t, secondToken, request{method: "POST", path: "/connections/" + alarmSina + "/" + conn + "/refresh", iam: true})
+		waiter = tokenOf(t, secondToken, alarmSina, conn, "min_ttl=600")
 	}()
 	for countPoints(parseEMF(t, logs.String()[from:]), telemetry.LeaseContended, map[string]string{"Provider": alarmSina}) == 0 {
 		select {
