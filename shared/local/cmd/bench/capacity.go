@@ -206,7 +206,9 @@ func runCapacityTick(ctx context.Context, e *benchEnv, r *capacityRun, timeout t
 	if err != nil {
 		return err
 	}
-	r.refreshed, r.notStarted = sum.Refreshed, sum.Due-sum.Refreshed
+	// Whatever the tick read of the due index, every seeded connection it
+	// did not refresh is still due: left for the next tick.
+	r.refreshed, r.notStarted = sum.Refreshed, r.backlog-sum.Refreshed
 	providerCalls := e.stack.Sina.RefreshCalls() - calls
 	switch {
 	case providerCalls != sum.Refreshed || e.stack.Sina.RefreshReuses() != reuses:
