@@ -72,6 +72,9 @@ const (
 	// RefreshUnsaved counts refreshes the provider answered whose result
 	// DynamoDB would not store within the time budget.
 	RefreshUnsaved = "RefreshUnsaved"
+	// RefreshNotPermitted counts refreshes a provider refused because the
+	// app may not refresh at all (the grant is served until it expires).
+	RefreshNotPermitted = "RefreshNotPermitted"
 	// EventsFailed counts lifecycle events EventBridge would not take.
 	EventsFailed = "EventsFailed"
 	// RefresherDuration is how long one refresher tick took.
@@ -86,15 +89,16 @@ const (
 // shared/local/e2e proves it from the functions' own output. A metric not
 // listed publishes its full set only.
 var rollups = map[string][][]string{
-	RefreshSucceeded: {{}},
-	RefreshFailed:    {{"Class"}, {}},
-	LeaseContended:   {{}},
-	ProviderLatency:  {{"Op"}},
-	NeedsReauth:      {{}},
-	TokenServed:      {{}},
-	QuotaRefused:     {{}},
-	RefreshFailing:   {{}},
-	RefreshUnsaved:   {{}},
+	RefreshSucceeded:    {{}},
+	RefreshFailed:       {{"Class"}, {}},
+	LeaseContended:      {{}},
+	ProviderLatency:     {{"Op"}},
+	NeedsReauth:         {{}},
+	TokenServed:         {{}},
+	QuotaRefused:        {{}},
+	RefreshFailing:      {{}},
+	RefreshUnsaved:      {{}},
+	RefreshNotPermitted: {{}},
 }
 
 // dimensionSets returns the full set of dims (sorted) followed by the

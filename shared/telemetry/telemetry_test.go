@@ -92,6 +92,7 @@ func TestEMFDimensionSets(t *testing.T) {
 		{telemetry.ProviderLatency, map[string]string{"Provider": "p"}, `[["Provider"]]`},
 		{telemetry.RefreshFailing, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
 		{telemetry.RefreshUnsaved, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.RefreshNotPermitted, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
 		{telemetry.EventsFailed, nil, `[[]]`},
 		{telemetry.QuotaUsed, map[string]string{"AppID": "wx1"}, `[["AppID"]]`},
 		{telemetry.RefresherDuration, nil, `[[]]`},

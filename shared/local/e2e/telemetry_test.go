@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"tokenbroker/shared/local/lambdarun"
 	"tokenbroker/shared/local/localaws"
 	"tokenbroker/shared/local/samtemplate"
+	"tokenbroker/shared/store"
 	"tokenbroker/shared/telemetry"
 )
 
@@ -93,7 +95,7 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 	expectStatus(t, refresh(alarmSina, conn), 200, "")                 // RefreshSucceeded, ProviderLatency Op=refresh
 	sina.Inject("/oauth2/access_token", emulator.HTMLError(502), 1)
 	expectStatus(t, refresh(alarmSina, conn), 503, "provider_unavailable") // RefreshFailed Class=transient
-	sina.Inject("/oauth2/access_token", emulator.OAuthError(401, "unauthorized_client", "bad client"), 1)
+	sina.Inject("/oauth2/access_token", emulator.OAuthError(401, "invalid_client", "bad client secret"), 1)
 	expectStatus(t, refresh(alarmSina, conn), 502, "provider_error") // RefreshFailed Class=config
 
 	// LeaseContended: one caller's refresh is held at the provider, a
@@ -693,7 +695,15 @@ func checkAlarmWiring(t *testing.T, tpl *samtemplate.Template, alarms []metricRe
 			t.Errorf("no alarm on Throttles of %s", fn)
 		}
 	}
-	// Every DynamoDB operation a function's policy allows on the table.
+	// Every DynamoDB operation the store calls (the methods of the client
+	// interface it takes) and every one a function's policy allows.
+	storeAPI := reflect.TypeFor[store.DynamoDB]()
+	for i := range storeAPI.NumMethod() {
+		op := storeAPI.Method(i).Name
+		if len(watched("AWS/DynamoDB", "ThrottledRequests", map[string]string{"TableName": "ref:TokenTable", "Operation": op})) == 0 {
+			t.Errorf("the store calls %s, but no alarm watches ThrottledRequests for it", op)
+		}
+	}
 	for _, fn := range tpl.OfType("AWS::Serverless::Function") {
 		for _, action := range samtemplate.Scalars(tpl.Resources[fn].Property("Policies")) {
 			op, ok := strings.CutPrefix(action, "dynamodb:")
