@@ -2,6 +2,9 @@
 # is everything CI runs (.ci/run calls exactly that).
 
 SHELL         := /bin/bash
+# This Makefile's own directory: SAM runs `make --makefile <dir>/Makefile`,
+# and nothing here may depend on the directory make is started from.
+ROOT          := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 GO            ?= go
 ARTIFACTS_DIR ?= .build/artifacts
 DDB_DIR       := shared/local/localaws/dynamodb-local
@@ -10,21 +13,37 @@ GO_BUILD      := GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.
 EVENT         ?= events/token.json
 
 # LogicalId in template.yaml → folder under functions/
-FUNCTIONS := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher
-fn_dir     = $(word 2,$(subst :, ,$(filter $(1):%,$(FUNCTIONS))))
+FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher
+fn_dir         = $(word 2,$(subst :, ,$(filter $(1):%,$(FUNCTIONS))))
+LOGICAL_IDS   := $(foreach f,$(FUNCTIONS),$(firstword $(subst :, ,$(f))))
+BUILD_TARGETS := $(addprefix build-,$(LOGICAL_IDS))
+STATICCHECK   := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+MAX_FILE_SIZE := 1048576
 
-.PHONY: all build deps test unit lint bench dev clean invoke-% build-%
+.PHONY: all build deps test unit lint hygiene check-build bench dev clean invoke-% FORCE $(BUILD_TARGETS)
 
 all: build
 
 ## build: all four bootstraps for Lambda (linux/arm64) under .build/<LogicalId>/
 build:
-	@for f in $(FUNCTIONS); do id=$${f%%:*}; $(MAKE) --no-print-directory build-$$id ARTIFACTS_DIR=.build/$$id || exit 1; done
+	@for id in $(LOGICAL_IDS); do $(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-$$id ARTIFACTS_DIR="$(ROOT)/.build/$$id" || exit 1; done
 
-## build-<LogicalId>: what `sam build` calls (BuildMethod: makefile); writes $(ARTIFACTS_DIR)/bootstrap
-build-%:
-	@dir="$(call fn_dir,$*)"; [ -n "$$dir" ] || { echo "no function with LogicalId $* (known: $(FUNCTIONS))"; exit 1; }; \
-	mkdir -p "$(ARTIFACTS_DIR)" && $(GO_BUILD) -o "$(ARTIFACTS_DIR)/bootstrap" "./functions/$$dir" && echo "built $* -> $(ARTIFACTS_DIR)/bootstrap"
+## build-<LogicalId>: what `sam build` calls (BuildMethod: makefile); writes $(ARTIFACTS_DIR)/bootstrap.
+## A static pattern rule over the four ids, all phony: it always builds, even
+## where a file named build-TokenFunction exists (a plain `build-%` pattern
+## rule would then say "Nothing to be done", exit 0, and SAM would ship an
+## empty artifact).
+$(BUILD_TARGETS): build-%:
+	@mkdir -p "$(abspath $(ARTIFACTS_DIR))"
+	@cd "$(ROOT)" && $(GO_BUILD) -o "$(abspath $(ARTIFACTS_DIR))/bootstrap" ./functions/$(call fn_dir,$*)
+	@echo "built $* -> $(abspath $(ARTIFACTS_DIR))/bootstrap"
+
+# Any other build-<id> fails loudly; FORCE makes it run even where a file
+# of that name exists.
+build-%: FORCE
+	@echo "make: no function with LogicalId '$*' (known: $(LOGICAL_IDS)); add it to FUNCTIONS in the Makefile" >&2; exit 1
+
+FORCE:
 
 ## deps: everything make test and make dev need on a fresh machine of this kind
 deps: $(DDB_STAMP)
@@ -44,8 +63,9 @@ $(DDB_STAMP): $(DDB_DIR)/package.json $(DDB_DIR)/package-lock.json
 	@touch $@
 
 ## test: unit tests with -race, tests against DynamoDB Local and moto, the
-## end-to-end tests of the built bootstraps, gofmt/vet and cfn-lint
-test: deps
+## end-to-end tests of the built bootstraps, gofmt/vet, cfn-lint, the
+## repository checks (hygiene) and the build rule's own test (check-build)
+test: deps hygiene check-build
 	@unformatted=$$(gofmt -l functions shared); \
 	  [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
@@ -60,8 +80,39 @@ unit:
 lint:
 	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; exit 1; }
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(STATICCHECK) ./...
 	cfn-lint template.yaml
+
+## hygiene: what CI refuses besides failing tests: a tracked file over 1 MiB,
+## an untidy go.mod/go.sum, a staticcheck finding. Each failure prints one
+## line: what is wrong and the command that fixes it. Tracked files come
+## from git (as in CI's clean clone), never from the working directory.
+hygiene:
+	@cd "$(ROOT)" && gitout=$$(git rev-parse --is-inside-work-tree 2>&1) || { \
+	  echo "hygiene: git cannot list the tracked files here ($$(head -n1 <<<"$$gitout")); run make test in a git clone: git clone <repository>"; exit 1; }
+	@cd "$(ROOT)" && big=$$(git ls-files -z | xargs -0 -r stat --printf '%s\t%n\n' -- 2>/dev/null | \
+	  awk -F'\t' '$$1 > $(MAX_FILE_SIZE) { printf "%s%s (%.1f MiB)", sep, $$2, $$1/1048576; sep = ", " }'); \
+	  [ -z "$$big" ] || { echo "hygiene: tracked files over 1 MiB: $$big; untrack with: git rm --cached <file> (and list it in .gitignore)"; exit 1; }
+	@cd "$(ROOT)" && tidy=$$($(GO) mod tidy -diff 2>&1); rc=$$?; \
+	  if [ $$rc -ne 0 ] && grep -q '^diff ' <<<"$$tidy"; then echo "hygiene: go.mod/go.sum are not tidy (go mod tidy -diff shows how); fix with: go mod tidy"; exit 1; \
+	  elif [ $$rc -ne 0 ]; then echo "hygiene: go mod tidy -diff failed ($$(head -n1 <<<"$$tidy")); fix that, then: go mod tidy"; exit 1; fi
+	@cd "$(ROOT)" && $(STATICCHECK) ./... || { echo "hygiene: staticcheck findings (above); fix them and rerun: $(STATICCHECK) ./..."; exit 1; }
+
+## check-build: the build rule's test: build-TokenFunction still builds a
+## linux/arm64 bootstrap where a file named build-TokenFunction exists, and
+## an unknown build-<id> fails with a clear line, file or no file
+check-build:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" && touch build-TokenFunction build-Nope && \
+	  { $(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-TokenFunction ARTIFACTS_DIR="$$tmp/artifacts" >/dev/null && \
+	    [ "$$(od -An -tx1 -N4 artifacts/bootstrap 2>/dev/null | tr -d ' ')" = 7f454c46 ] && \
+	    [ "$$(od -An -tx1 -j18 -N2 artifacts/bootstrap | tr -d ' ')" = b700 ]; } || { \
+	    echo "check-build: make build-TokenFunction did not build a linux/arm64 bootstrap while a file of that name exists; see the build-% rules in $(ROOT)/Makefile"; exit 1; } && \
+	  for f in with without; do \
+	    [ $$f = with ] || rm -f build-Nope; \
+	    if $(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-Nope >out 2>&1; then \
+	      echo "check-build: make build-Nope succeeded ($$f a file of that name); an unknown LogicalId must fail"; exit 1; fi; \
+	    grep -q "no function with LogicalId 'Nope'" out || { echo "check-build: make build-Nope failed without the clear line: $$(head -n1 out)"; exit 1; }; \
+	  done && echo "check-build: ok (build-TokenFunction rebuilt despite a file of that name; build-Nope refused)"
 
 ## bench: benchmarks against DynamoDB Local and the emulators; rewrites BENCHMARKS.md
 bench: deps

@@ -81,6 +81,53 @@ const (
 	RefresherDuration = "RefresherDuration"
 )
 
+// rollups are the dimension sets a metric publishes besides its full set
+// (every dimension it is emitted with). CloudWatch treats each dimension
+// combination as a metric of its own: an alarm on RefreshFailed with no
+// dimensions receives data only from lines that also name the empty set.
+// These are exactly what template.yaml's alarms and dashboard read;
+// shared/local/e2e proves it from the functions' own output. A metric not
+// listed publishes its full set only.
+var rollups = map[string][][]string{
+	RefreshSucceeded:    {{}},
+	RefreshFailed:       {{"Class"}, {}},
+	LeaseContended:      {{}},
+	ProviderLatency:     {{"Op"}},
+	NeedsReauth:         {{}},
+	TokenServed:         {{}},
+	QuotaRefused:        {{}},
+	RefreshFailing:      {{}},
+	RefreshUnsaved:      {{}},
+	RefreshNotPermitted: {{}},
+}
+
+// dimensionSets returns the full set of dims (sorted) followed by the
+// metric's rollups whose keys dims carries, without duplicates. Empty sets
+// are empty arrays, never null: EMF allows an empty DimensionSet, but a
+// null one (or one naming a key missing from the line) invalidates the
+// whole line.
+func dimensionSets(name string, dims map[string]string) [][]string {
+	full := append([]string{}, slices.Sorted(maps.Keys(dims))...)
+	sets := [][]string{full}
+next:
+	for _, r := range rollups[name] {
+		set := append([]string{}, r...)
+		slices.Sort(set)
+		for _, k := range set {
+			if _, ok := dims[k]; !ok {
+				continue next
+			}
+		}
+		for _, s := range sets {
+			if slices.Equal(s, set) {
+				continue next
+			}
+		}
+		sets = append(sets, set)
+	}
+	return sets
+}
+
 // Metrics writes EMF lines; CloudWatch turns them into metrics with no API
 // call from the function. A nil *Metrics discards.
 type Metrics struct {
@@ -107,13 +154,12 @@ func (m *Metrics) emit(name, unit string, value float64, dims map[string]string)
 	if m.Now != nil {
 		now = m.Now
 	}
-	keys := slices.Sorted(maps.Keys(dims))
 	line := map[string]any{
 		"_aws": map[string]any{
 			"Timestamp": now().UnixMilli(),
 			"CloudWatchMetrics": []any{map[string]any{
 				"Namespace":  Namespace,
-				"Dimensions": [][]string{keys},
+				"Dimensions": dimensionSets(name, dims),
 				"Metrics":    []any{map[string]string{"Name": name, "Unit": unit}},
 			}},
 		},

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,5 +68,69 @@ func TestEMFLine(t *testing.T) {
 	}
 	if !strings.Contains(lines[1], `"ProviderLatency":1.5`) || !strings.Contains(lines[1], `"Unit":"Milliseconds"`) {
 		t.Fatalf("latency line %s", lines[1])
+	}
+}
+
+// TestEMFDimensionSets checks what each metric publishes: its full set and
+// the rollups the alarms and dashboard read (an alarm with no dimensions
+// needs the empty set), as valid EMF: every set an array (never null),
+// every key a string member of the line, the metric a number.
+func TestEMFDimensionSets(t *testing.T) {
+	for _, tc := range []struct {
+		metric string
+		dims   map[string]string
+		want   string
+	}{
+		{telemetry.RefreshFailed, map[string]string{"Provider": "p", "Class": "reauth"}, `[["Class","Provider"],["Class"],[]]`},
+		{telemetry.RefreshSucceeded, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.NeedsReauth, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.QuotaRefused, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.TokenServed, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.LeaseContended, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.ProviderLatency, map[string]string{"Provider": "p", "Op": "refresh"}, `[["Op","Provider"],["Op"]]`},
+		// A rollup whose key the line lacks is left out, not published invalid.
+		{telemetry.ProviderLatency, map[string]string{"Provider": "p"}, `[["Provider"]]`},
+		{telemetry.RefreshFailing, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.RefreshUnsaved, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.RefreshNotPermitted, map[string]string{"Provider": "p"}, `[["Provider"],[]]`},
+		{telemetry.EventsFailed, nil, `[[]]`},
+		{telemetry.QuotaUsed, map[string]string{"AppID": "wx1"}, `[["AppID"]]`},
+		{telemetry.RefresherDuration, nil, `[[]]`},
+		// Already the empty set: not repeated.
+		{telemetry.NeedsReauth, nil, `[[]]`},
+		{"SomethingNew", map[string]string{"Provider": "p"}, `[["Provider"]]`},
+	} {
+		t.Run(tc.metric+"/"+strings.Join(slices.Sorted(maps.Keys(tc.dims)), ","), func(t *testing.T) {
+			var buf bytes.Buffer
+			(&telemetry.Metrics{W: &buf}).Count(tc.metric, 3, tc.dims)
+			var line map[string]json.RawMessage
+			if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+				t.Fatalf("%v: %s", err, buf.String())
+			}
+			var meta struct {
+				CloudWatchMetrics []struct {
+					Dimensions json.RawMessage
+				}
+			}
+			if err := json.Unmarshal(line["_aws"], &meta); err != nil || len(meta.CloudWatchMetrics) != 1 {
+				t.Fatalf("_aws %s: %v", line["_aws"], err)
+			}
+			if got := string(meta.CloudWatchMetrics[0].Dimensions); got != tc.want {
+				t.Fatalf("Dimensions %s, want %s", got, tc.want)
+			}
+			var sets [][]string
+			_ = json.Unmarshal(meta.CloudWatchMetrics[0].Dimensions, &sets)
+			for _, set := range sets {
+				for _, k := range set {
+					var v string
+					if err := json.Unmarshal(line[k], &v); err != nil || v != tc.dims[k] {
+						t.Fatalf("dimension %s is not the string member %q: %s", k, tc.dims[k], line[k])
+					}
+				}
+			}
+			if string(line[tc.metric]) != "3" {
+				t.Fatalf("metric member %s", line[tc.metric])
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -51,6 +52,28 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// lineWriter hands only whole lines on, so the output of concurrent
+// sandboxes interleaves line by line, never inside one (the EMF lines are
+// parsed back).
+type lineWriter struct {
+	mu      sync.Mutex
+	to      io.Writer
+	pending []byte
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending = append(l.pending, p...)
+	if i := bytes.LastIndexByte(l.pending, '\n'); i >= 0 {
+		if _, err := l.to.Write(l.pending[:i+1]); err != nil {
+			return 0, err
+		}
+		l.pending = append(l.pending[:0], l.pending[i+1:]...)
+	}
+	return len(p), nil
 }
 
 func TestMain(m *testing.M) {
@@ -122,7 +145,8 @@ func newSandbox(t testing.TB, fn string, env map[string]string) *lambdarun.Runne
 	if fn == "refresher" {
 		timeout = 55 * time.Second
 	}
-	r, err := lambdarun.Start(lambdarun.Config{Bootstrap: bootstraps[fn], FunctionName: fn, Env: fullEnv, Timeout: timeout, Stdout: logs, Stderr: logs})
+	r, err := lambdarun.Start(lambdarun.Config{Bootstrap: bootstraps[fn], FunctionName: fn, Env: fullEnv, Timeout: timeout,
+		Stdout: &lineWriter{to: logs}, Stderr: &lineWriter{to: logs}})
 	if err != nil {
 		t.Fatal(err)
 	}

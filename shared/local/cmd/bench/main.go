@@ -76,6 +76,7 @@ func run(outPath string, quick bool, only string) error {
 		{"refresher", benchRefresher},
 		{"cold start", benchColdStart},
 		{"alternatives", benchAlternatives},
+		{"capacity", benchCapacity},
 	}
 	for _, s := range steps {
 		if only != "" && !strings.Contains(s.name, only) {
