@@ -115,8 +115,9 @@ check-build:
 	  done && echo "check-build: ok (build-TokenFunction rebuilt despite a file of that name; build-Nope refused)"
 
 ## bench: benchmarks against DynamoDB Local and the emulators; rewrites BENCHMARKS.md
+## (ONLY=<step>, e.g. ONLY=client, reruns one step and replaces only its part)
 bench: deps
-	$(GO) run ./shared/local/cmd/standins -- $(GO) run ./shared/local/cmd/bench -out BENCHMARKS.md
+	$(GO) run ./shared/local/cmd/standins -- $(GO) run ./shared/local/cmd/bench -out BENCHMARKS.md $(if $(ONLY),-only "$(ONLY)")
 
 ## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it)
 dev: deps

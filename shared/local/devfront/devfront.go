@@ -3,15 +3,19 @@
 // turns each request into the payload 2.0 event the deployed function
 // receives, and the function's answer back into HTTP.
 //
-// IAM routes accept a request only when it carries a SigV4 Authorization
-// header (any local credentials; the signature is not verified), and
-// answer 401 otherwise.
+// IAM routes verify SigV4 as API Gateway does: the front recomputes the
+// signature with aws-sdk-go-v2's v4 signer from the credentials it is
+// configured with (local/local unless told otherwise) and answers 403
+// forbidden for a wrong signature, a key it does not know, another service
+// or region, or a missing or skewed X-Amz-Date; a request with no
+// Authorization header at all gets 401, as before.
 package devfront
 
 import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +28,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"gopkg.in/yaml.v3"
 )
 
@@ -110,28 +115,19 @@ type Front struct {
 	Invoke Invoker
 	// Domain is the Host the API appears under (requestContext.domainName).
 	Domain string
+	// Credentials are the identities IAM routes accept; DefaultCredentials
+	// when empty. A session token, when set, must come with the request.
+	Credentials []aws.Credentials
+	// Region the signatures must be scoped to; DefaultRegion when empty.
+	Region string
+	// Now is the clock X-Amz-Date is checked against; time.Now when nil.
+	Now func() time.Time
 }
 
 func jsonError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": msg})
-}
-
-// sigV4Caller returns a caller identity from a SigV4 Authorization header.
-func sigV4Caller(h string) (accessKey string, ok bool) {
-	rest, found := strings.CutPrefix(h, "AWS4-HMAC-SHA256 ")
-	if !found {
-		return "", false
-	}
-	for _, part := range strings.Split(rest, ",") {
-		if cred, ok := strings.CutPrefix(strings.TrimSpace(part), "Credential="); ok {
-			if akid, _, _ := strings.Cut(cred, "/"); akid != "" {
-				return akid, true
-			}
-		}
-	}
-	return "", false
 }
 
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -191,9 +187,14 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !route.Public {
-		akid, ok := sigV4Caller(r.Header.Get("Authorization"))
-		if !ok {
-			jsonError(w, http.StatusUnauthorized, "unauthorized", "this route needs a SigV4-signed request (curl --aws-sigv4 …)")
+		akid, err := f.verifySigV4(r, body)
+		if err != nil {
+			var refused *sigV4Error
+			if errors.As(err, &refused) && refused.status == http.StatusUnauthorized {
+				jsonError(w, http.StatusUnauthorized, "unauthorized", refused.message)
+			} else {
+				jsonError(w, http.StatusForbidden, "forbidden", err.Error())
+			}
 			return
 		}
 		ev.RequestContext.Authorizer = &events.APIGatewayV2HTTPRequestContextAuthorizerDescription{

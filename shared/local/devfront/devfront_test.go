@@ -8,8 +8,10 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"tokenbroker/shared/local/devfront"
 )
@@ -33,6 +35,8 @@ func TestRoutesComeFromTheTemplate(t *testing.T) {
 		"GET /connections/{provider}/{connection}":            "TokenFunction",
 		"POST /connections/{provider}/{connection}/refresh":   "TokenFunction",
 		"DELETE /connections/{provider}/{connection}":         "TokenFunction",
+		"GET /connections/{provider}":                         "TokenFunction",
+		"PUT /connections/{provider}/{connection}":            "TokenFunction",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("routes %v", got)
@@ -51,7 +55,7 @@ func TestFrontBuildsEventsAndChecksSigV4(t *testing.T) {
 	}
 	var seen events.APIGatewayV2HTTPRequest
 	var fn string
-	front := &devfront.Front{Routes: routes, Domain: "127.0.0.1:3000", Invoke: func(_ context.Context, function string, payload []byte) ([]byte, error) {
+	front := &devfront.Front{Routes: routes, Domain: "127.0.0.1:3000", Credentials: []aws.Credentials{akidLocal}, Invoke: func(_ context.Context, function string, payload []byte) ([]byte, error) {
 		fn = function
 		seen = events.APIGatewayV2HTTPRequest{}
 		_ = json.Unmarshal(payload, &seen)
@@ -65,7 +69,7 @@ func TestFrontBuildsEventsAndChecksSigV4(t *testing.T) {
 		t.Fatalf("unsigned: %d", resp.StatusCode)
 	}
 	req, _ := http.NewRequest("GET", srv.URL+"/connections/gh/alice/token?min_ttl=30", nil)
-	req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIDLOCAL/20261123/us-east-1/execute-api/aws4_request, SignedHeaders=host, Signature=abc")
+	sign(t, req, akidLocal, "execute-api", "us-east-1", time.Now(), nil)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

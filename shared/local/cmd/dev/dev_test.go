@@ -150,7 +150,7 @@ wait:
 		t.Fatalf("connect flow ended with %d: %s", resp.StatusCode, page)
 	}
 
-	// The token, with a SigV4-signed request (any local credentials).
+	// The token, with a request signed as local:local, the credentials make dev prints.
 	req, _ := http.NewRequest("GET", base+"/connections/wechat-web/demo/token", nil)
 	empty := sha256.Sum256(nil)
 	if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: "local", SecretAccessKey: "local"},
@@ -174,6 +174,18 @@ wait:
 	resp.Body.Close()
 	if resp.StatusCode != 401 {
 		t.Fatalf("unsigned request: %d, want 401", resp.StatusCode)
+	}
+	req, _ = http.NewRequest("GET", base+"/connections/wechat-web/demo/token", nil)
+	if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: "local", SecretAccessKey: "not-local"},
+		req, hex.EncodeToString(empty[:]), "execute-api", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("wrongly signed request: %d, want 403", resp.StatusCode)
 	}
 
 	// The refresher ticks (every 2 s here) and prints its summary.

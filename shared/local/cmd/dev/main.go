@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"tokenbroker/shared/local/devfront"
 	"tokenbroker/shared/local/devstack"
@@ -143,7 +144,9 @@ func run(addr string, tick time.Duration) error {
 		}
 		return p.invoke(ctx, payload)
 	}
-	front := &devfront.Front{Routes: routes, Invoke: invoke, Domain: listener.Addr().String()}
+	// IAM routes verify SigV4 against the one local identity the curl lines use.
+	front := &devfront.Front{Routes: routes, Invoke: invoke, Domain: listener.Addr().String(),
+		Credentials: []aws.Credentials{devfront.DefaultCredentials}}
 	mux := http.NewServeMux()
 	mux.Handle("/", front)
 	mux.HandleFunc("GET /dev/connect/{provider}/{connection}", func(w http.ResponseWriter, r *http.Request) {
@@ -247,7 +250,9 @@ func connectedPage(w http.ResponseWriter, r *http.Request, base string) {
 }
 
 func curlLine(base, prov, conn string) string {
-	return fmt.Sprintf(`curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "local:local" %s/connections/%s/%s/token`, base, prov, conn)
+	creds := devfront.DefaultCredentials
+	return fmt.Sprintf(`curl --aws-sigv4 "aws:amz:%s:execute-api" --user "%s:%s" %s/connections/%s/%s/token`,
+		devfront.DefaultRegion, creds.AccessKeyID, creds.SecretAccessKey, base, prov, conn)
 }
 
 func printTryIt(base string, stack *devstack.Stack, logPath string) {
@@ -259,7 +264,7 @@ Connect a user (open in a browser; the emulated provider consents at once):
   SinaCloud    %[1]s/dev/connect/%[3]s/demo
   OAuth2       %[1]s/dev/connect/%[4]s/demo
 
-Then fetch the token (any local credentials; an unsigned request gets 401):
+Then fetch the token (signed as local:local; unsigned gets 401, wrongly signed 403):
   %[5]s
 
 The WeChat global token needs no user:
