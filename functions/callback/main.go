@@ -6,7 +6,6 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"tokenbroker/shared/httpapi"
 	"tokenbroker/shared/setup"
 )
 
@@ -15,6 +14,9 @@ func main() {
 	if err != nil {
 		setup.Fail(log, err)
 	}
-	h := &httpapi.Handler{Core: b, Log: log}
+	h, err := setup.Handler(b, log, nil)
+	if err != nil {
+		setup.Fail(log, err)
+	}
 	lambda.Start(h.Callback)
 }

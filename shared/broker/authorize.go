@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"tokenbroker/shared/provider"
+	"tokenbroker/shared/redact"
 	"tokenbroker/shared/store"
 )
 
@@ -19,6 +20,11 @@ type AuthorizeRequest struct {
 	// Metadata is stored with the connection when the authorization
 	// completes; see ValidateMetadata.
 	Metadata map[string]string
+	// Confirm asks for the confirmed flow: the callback parks the grant
+	// and only the app's Confirm call stores it. ReturnTo is required.
+	Confirm bool
+	// Caller is the IAM ARN, for the audit line.
+	Caller string
 	// RequestBase is https://{domainName} of the incoming request, used for
 	// the callback URL when no PUBLIC_BASE_URL or redirect_uri is set.
 	RequestBase string
@@ -60,6 +66,9 @@ func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (
 	if err := ValidateMetadata(req.Metadata); err != nil {
 		return nil, err
 	}
+	if req.Confirm && req.ReturnTo == "" {
+		return nil, Errorf(CodeBadRequest, "a confirmed flow needs return_to: the app's page that receives connect_id and confirms it")
+	}
 	redirect, err := b.redirectURI(e.cfg, req.RequestBase)
 	if err != nil {
 		return nil, err
@@ -79,10 +88,12 @@ func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (
 	}
 	now := b.now()
 	st := &store.State{Key: req.Key, Verifier: verifier, ReturnTo: req.ReturnTo, RedirectURI: redirect,
-		Scopes: req.Scopes, Metadata: req.Metadata, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
+		Scopes: req.Scopes, Metadata: req.Metadata, Confirm: req.Confirm, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
 	if err := e.store.PutState(ctx, state, st); err != nil {
 		return nil, storeError(err, "state")
 	}
+	b.log().InfoContext(ctx, "authorization started", "audit", true, "caller", req.Caller, "provider", req.Key.Provider,
+		"connection", req.Key.Connection, "confirm", req.Confirm, "state_fingerprint", store.Fingerprint(state))
 	return &AuthorizeResult{AuthorizeURL: authURL, StateExpiresAt: st.ExpiresAt.UTC().Truncate(time.Second)}, nil
 }
 
@@ -130,9 +141,15 @@ type CallbackRequest struct {
 type CallbackResult struct {
 	Key      store.Key
 	ReturnTo string
-	// Err is nil when the connection was stored.
+	// ConnectID is set in a confirmed flow: the grant is parked under it
+	// until the app confirms it.
+	ConnectID string
+	// Err is nil when the connection was stored (or parked).
 	Err error
 }
+
+// ParkLifetime is how long a confirmed flow's grant waits for the app.
+const ParkLifetime = 10 * time.Minute
 
 // CompleteAuthorization consumes the state once, exchanges the code (never
 // retried: the code may be spent) and stores the connection, replacing any
@@ -160,7 +177,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	}
 	res := &CallbackResult{Key: st.Key, ReturnTo: st.ReturnTo}
 	if req.Error != "" {
-		res.Err = Errorf(CodeForbidden, "the provider reported %s: %s", clip(req.Error, 64), clip(req.ErrorDescription, 200))
+		res.Err = Errorf(CodeForbidden, "the provider reported %s: %s", redact.Printable(req.Error, 64), redact.Printable(req.ErrorDescription, 200))
 		return res, nil
 	}
 	if req.Code == "" {
@@ -178,14 +195,99 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	now := b.now()
 	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now, Metadata: st.Metadata}
 	applyTokens(conn, ts)
+	if st.Confirm {
+		return b.park(ctx, e, conn, res)
+	}
 	scheduleRefresh(conn, e.cfg, now)
 	if _, err := b.storeGrant(ctx, e.store, conn, "callback"); err != nil {
 		res.Err = err
 		return res, nil
 	}
-	b.log().InfoContext(ctx, "connection authorized", "provider", st.Provider, "connection", st.Connection,
-		"token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
+	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "callback", "provider", st.Provider, "connection", st.Connection,
+		"account", account(conn), "token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
 	return res, nil
+}
+
+// park holds a confirmed flow's grant, sealed, for ParkLifetime; the
+// connection itself is untouched.
+func (b *Broker) park(ctx context.Context, e *env, conn *store.Connection, res *CallbackResult) (*CallbackResult, error) {
+	id, err := b.randomString(32)
+	if err != nil {
+		res.Err = wrap(CodeInternal, err, "no randomness")
+		return res, nil
+	}
+	now := b.now()
+	p := &store.Parked{Key: conn.Key, Grant: conn, CreatedAt: now, ExpiresAt: now.Add(ParkLifetime)}
+	if err := e.store.Park(ctx, id, p); err != nil {
+		res.Err = storeError(err, "parked grant")
+		return res, nil
+	}
+	res.ConnectID = id
+	b.log().InfoContext(ctx, "grant parked for confirmation", "audit", true, "provider", conn.Provider, "connection", conn.Connection,
+		"account", account(conn), "connect_id_fingerprint", store.Fingerprint(id), "token_fingerprint", store.Fingerprint(conn.AccessToken))
+	return res, nil
+}
+
+// ConfirmRequest finishes a confirmed connect flow.
+type ConfirmRequest struct {
+	Key       store.Key
+	ConnectID string
+	Caller    string
+}
+
+// Confirm stores the grant parked under req.ConnectID as req.Key's
+// connection: the app, which knows its logged-in user, vouches that this
+// user completed this flow. The claim and the store are one transaction,
+// so a connect id works once. Codes: bad_request (unknown, used, expired
+// or foreign connect id), not_found (provider), internal.
+func (b *Broker) Confirm(ctx context.Context, req ConfirmRequest) (*Status, error) {
+	if err := validKey(req.Key); err != nil {
+		return nil, err
+	}
+	bad := Errorf(CodeBadRequest, "connect_id is unknown, already used, expired or not for this connection; start the authorization again")
+	if len(req.ConnectID) < 16 || len(req.ConnectID) > 512 {
+		return nil, bad
+	}
+	e, err := b.envFor(ctx, req.Key.Provider)
+	if err != nil {
+		return nil, err
+	}
+	p, err := e.store.GetParked(ctx, req.ConnectID, req.Key)
+	if errors.Is(err, store.ErrStateInvalid) {
+		return nil, bad
+	}
+	if err != nil {
+		return nil, storeError(err, "parked grant")
+	}
+	now := b.now()
+	conn := p.Grant
+	conn.CreatedAt, conn.RefreshedAt = now, now
+	scheduleRefresh(conn, e.cfg, now)
+	notice := b.authorizedNotice(e.store, conn, "confirm")
+	w, err := e.store.PrepareConfirm(req.ConnectID, conn, notice)
+	if err == nil {
+		err = b.durably(ctx, now.Add(b.budget().Commit), w)
+	}
+	if errors.Is(err, store.ErrStateInvalid) {
+		return nil, bad
+	}
+	if err != nil {
+		return nil, storeError(err, "connection")
+	}
+	b.publish(ctx, e.store, notice)
+	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "confirm", "caller", req.Caller, "provider", req.Key.Provider,
+		"connection", req.Key.Connection, "account", account(conn), "token_fingerprint", store.Fingerprint(conn.AccessToken))
+	return &Status{Key: req.Key, Status: conn.Status, ExpiresAt: conn.ExpiresAt, RefreshedAt: conn.RefreshedAt, Metadata: conn.Metadata}, nil
+}
+
+// account is the provider's identifier of the user, where it gives one.
+func account(c *store.Connection) string {
+	for _, k := range []string{"openid", "sub", "uid"} {
+		if v := c.Extra[k]; v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // exchangeError explains a failed code exchange: the user must start
@@ -251,17 +353,4 @@ func applyTokens(c *store.Connection, ts *provider.TokenSet) {
 			}
 		}
 	}
-}
-
-func clip(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

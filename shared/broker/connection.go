@@ -44,7 +44,7 @@ func (b *Broker) Status(ctx context.Context, k store.Key) (*Status, error) {
 // generation, so a re-authorization that lands meanwhile is not deleted
 // unseen; a refresh in flight for the deleted grant finds it gone and
 // stores nothing. Codes: bad_request, not_found, internal.
-func (b *Broker) Delete(ctx context.Context, k store.Key) error {
+func (b *Broker) Delete(ctx context.Context, k store.Key, caller string) error {
 	if err := validKey(k); err != nil {
 		return err
 	}
@@ -59,6 +59,8 @@ func (b *Broker) Delete(ctx context.Context, k store.Key) error {
 		subject := &store.Connection{Key: k}
 		switch {
 		case errors.Is(err, store.ErrNotFound):
+			b.log().InfoContext(ctx, "connection deleted", "audit", true, "caller", caller, "provider", k.Provider, "connection", k.Connection,
+				"revoked", false, "existed", false)
 			return nil
 		case err == nil:
 			f := c.Fence()
@@ -81,7 +83,8 @@ func (b *Broker) Delete(ctx context.Context, k store.Key) error {
 		if !w.Noop {
 			b.publish(ctx, e.store, notice)
 		}
-		b.log().InfoContext(ctx, "connection deleted", "provider", k.Provider, "connection", k.Connection, "revoked", revoked)
+		b.log().InfoContext(ctx, "connection deleted", "audit", true, "caller", caller, "provider", k.Provider, "connection", k.Connection,
+			"revoked", revoked, "existed", !w.Noop)
 		return nil
 	}
 	return Errorf(CodeInternal, "connection %s kept changing while being deleted; try again", k)

@@ -283,7 +283,7 @@ func TestDeleteAndReauthorizationDuringARefresh(t *testing.T) {
 			}
 			// The refresh of the old grant is at the provider. Meanwhile the
 			// connection is deleted and, maybe, authorized by another user.
-			if err := f.sibling(t).Delete(ctx, k); err != nil {
+			if err := f.sibling(t).Delete(ctx, k, "arn:aws:iam::123456789012:role/test"); err != nil {
 				t.Fatal(err)
 			}
 			var fresh *store.Connection

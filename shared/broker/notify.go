@@ -81,15 +81,8 @@ func (b *Broker) recoveredNotice(st *store.Store, c *store.Connection) store.Not
 }
 
 func (b *Broker) authorizedNotice(st *store.Store, c *store.Connection, via string) store.Notice {
-	account := ""
-	for _, k := range []string{"openid", "sub", "uid"} {
-		if v := c.Extra[k]; v != "" {
-			account = v
-			break
-		}
-	}
 	return b.notice(st, c.Key, telemetry.DetailTypeAuthorized, telemetry.AuthorizedDetail{Provider: c.Provider, Connection: c.Connection,
-		Via: via, Account: account, Scope: c.Scope, Metadata: telemetry.Labels(c.Metadata)})
+		Via: via, Account: account(c), Scope: c.Scope, Metadata: telemetry.Labels(c.Metadata)})
 }
 
 func (b *Broker) deletedNotice(st *store.Store, c *store.Connection, revoked bool) store.Notice {

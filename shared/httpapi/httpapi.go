@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,7 +52,8 @@ type Core interface {
 	CompleteAuthorization(ctx context.Context, req broker.CallbackRequest) (*broker.CallbackResult, error)
 	Token(ctx context.Context, req broker.TokenRequest) (*broker.Token, error)
 	Status(ctx context.Context, k store.Key) (*broker.Status, error)
-	Delete(ctx context.Context, k store.Key) error
+	Delete(ctx context.Context, k store.Key, caller string) error
+	Confirm(ctx context.Context, req broker.ConfirmRequest) (*broker.Status, error)
 	List(ctx context.Context, req broker.ListRequest) (*broker.ListPage, error)
 	Import(ctx context.Context, req broker.ImportRequest) (*broker.Status, bool, error)
 }
@@ -60,6 +62,12 @@ type Core interface {
 type Handler struct {
 	Core Core
 	Log  *slog.Logger
+	// AllowedAccounts, when set, are the only AWS accounts whose callers
+	// the IAM routes serve (ALLOWED_ACCOUNTS); others get 403.
+	AllowedAccounts []string
+	// AllowedOrgID, when set, is the only AWS Organization whose callers
+	// the IAM routes serve (ALLOWED_ORG_ID); others get 403.
+	AllowedOrgID string
 }
 
 // Response is the API Gateway v2 response type.
@@ -75,7 +83,7 @@ func (h *Handler) log() *slog.Logger {
 func jsonResponse(status int, v any) Response {
 	body, _ := json.Marshal(v)
 	return Response{StatusCode: status, Body: string(body), Headers: map[string]string{
-		"Content-Type": "application/json", "Cache-Control": "no-store",
+		"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
 	}}
 }
 
@@ -109,9 +117,11 @@ type request struct {
 		} `json:"http"`
 		Authorizer *struct {
 			IAM *struct {
-				AccessKey string `json:"accessKey"`
-				CallerID  string `json:"callerId"`
-				UserARN   string `json:"userArn"`
+				AccessKey      string `json:"accessKey"`
+				AccountID      string `json:"accountId"`
+				CallerID       string `json:"callerId"`
+				UserARN        string `json:"userArn"`
+				PrincipalOrgID string `json:"principalOrgId"`
 			} `json:"iam"`
 		} `json:"authorizer"`
 	} `json:"requestContext"`
@@ -157,10 +167,19 @@ func pathParams(ev *request, names ...string) ([]string, error) {
 // iamCaller returns the caller's ARN; API Gateway has verified the
 // signature, and the check here keeps a route misconfigured without IAM
 // auth from serving tokens.
-func iamCaller(ev *request) (string, error) {
+//
+// With an account or organization allowlist, a caller from anywhere else
+// is refused (403), whatever its own IAM policy allows.
+func (h *Handler) iamCaller(ev *request) (string, error) {
 	auth := ev.RequestContext.Authorizer
 	if auth == nil || auth.IAM == nil || (auth.IAM.UserARN == "" && auth.IAM.AccessKey == "" && auth.IAM.CallerID == "") {
 		return "", broker.Errorf(broker.CodeUnauthorized, "this route needs an IAM-signed request (SigV4)")
+	}
+	if len(h.AllowedAccounts) > 0 && !slices.Contains(h.AllowedAccounts, auth.IAM.AccountID) {
+		return "", broker.Errorf(broker.CodeForbidden, "callers from AWS account %.12q may not use this broker", auth.IAM.AccountID)
+	}
+	if h.AllowedOrgID != "" && auth.IAM.PrincipalOrgID != h.AllowedOrgID {
+		return "", broker.Errorf(broker.CodeForbidden, "callers outside AWS Organization %s may not use this broker", h.AllowedOrgID)
 	}
 	if auth.IAM.UserARN != "" {
 		return auth.IAM.UserARN, nil
@@ -198,7 +217,8 @@ func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response,
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	if _, err := iamCaller(ev); err != nil {
+	caller, err := h.iamCaller(ev)
+	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
 	ids, err := pathParams(ev, "provider", "connection")
@@ -209,12 +229,14 @@ func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response,
 		Scopes   []string          `json:"scopes"`
 		ReturnTo string            `json:"return_to"`
 		Metadata map[string]string `json:"metadata"`
+		Confirm  bool              `json:"confirm"`
 	}
-	if err := readJSON(ev, &req, `{"scopes":[…],"return_to":"https://…","metadata":{…}}`); err != nil {
+	if err := readJSON(ev, &req, `{"scopes":[…],"return_to":"https://…","metadata":{…},"confirm":true}`); err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
 	res, err := h.Core.StartAuthorization(ctx, broker.AuthorizeRequest{
-		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, Metadata: req.Metadata, RequestBase: requestBase(ev),
+		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, Metadata: req.Metadata,
+		Confirm: req.Confirm, Caller: caller, RequestBase: requestBase(ev),
 	})
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
@@ -254,16 +276,21 @@ func (h *Handler) Callback(ctx context.Context, raw json.RawMessage) (Response, 
 			rq := u.Query()
 			rq.Set("provider", res.Key.Provider)
 			rq.Set("connection", res.Key.Connection)
-			if res.Err == nil {
+			switch {
+			case res.Err == nil && res.ConnectID != "":
+				rq.Set("status", "pending")
+				rq.Set("connect_id", res.ConnectID)
+			case res.Err == nil:
 				rq.Set("status", "connected")
-			} else {
+			default:
 				h.log().WarnContext(ctx, "authorization failed", "provider", res.Key.Provider, "connection", res.Key.Connection, "error", res.Err.Error())
 				rq.Set("status", "error")
 				rq.Set("error", string(broker.ErrorCode(res.Err)))
 				rq.Set("message", broker.ErrorMessage(res.Err))
 			}
 			u.RawQuery = rq.Encode()
-			return Response{StatusCode: http.StatusFound, Headers: map[string]string{"Location": u.String(), "Cache-Control": "no-store"}}, nil
+			return Response{StatusCode: http.StatusFound, Headers: map[string]string{"Location": u.String(), "Cache-Control": "no-store",
+				"Referrer-Policy": "no-referrer"}}, nil
 		}
 	}
 	if res.Err != nil {
@@ -289,10 +316,17 @@ func (h *Handler) callbackPage(ctx context.Context, ev *request, err error) Resp
 func htmlPage(status int, title, msg string) Response {
 	body := "<!doctype html><html><head><meta charset=\"utf-8\"><title>" + html.EscapeString(title) +
 		"</title></head><body><h1>" + html.EscapeString(title) + "</h1><p>" + html.EscapeString(msg) + "</p></body></html>"
-	return Response{StatusCode: status, Body: body, Headers: map[string]string{
+	return Response{StatusCode: status, Body: body, Headers: htmlHeaders()}
+}
+
+// htmlHeaders are sent with every HTML page: nothing loads, nothing frames
+// it, no referrer leaks the callback's query, no content sniffing.
+func htmlHeaders() map[string]string {
+	return map[string]string{
 		"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
-		"Content-Security-Policy": "default-src 'none'",
-	}}
+		"Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+		"X-Content-Type-Options":  "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+	}
 }
 
 // Connections serves the token function's routes: GET …/token, GET status,
@@ -302,7 +336,7 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	caller, err := iamCaller(ev)
+	caller, err := h.iamCaller(ev)
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
@@ -341,8 +375,23 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 		return jsonResponse(http.StatusOK, statusBody(st)), nil
 	case method == http.MethodPut && suffix == "":
 		return h.importGrant(ctx, ev, key, caller), nil
+	case method == http.MethodPost && suffix == "confirm":
+		var in struct {
+			ConnectID string `json:"connect_id"`
+		}
+		if err := readJSON(ev, &in, `{"connect_id":"…"}`); err != nil {
+			return h.errorResponse(ctx, err), nil
+		}
+		if in.ConnectID == "" {
+			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "the body must be JSON like {\"connect_id\":\"…\"}")), nil
+		}
+		st, err := h.Core.Confirm(ctx, broker.ConfirmRequest{Key: key, ConnectID: in.ConnectID, Caller: caller})
+		if err != nil {
+			return h.errorResponse(ctx, err), nil
+		}
+		return jsonResponse(http.StatusOK, statusBody(st)), nil
 	case method == http.MethodDelete && suffix == "":
-		if err := h.Core.Delete(ctx, key); err != nil {
+		if err := h.Core.Delete(ctx, key, caller); err != nil {
 			return h.errorResponse(ctx, err), nil
 		}
 		return Response{StatusCode: http.StatusNoContent, Headers: map[string]string{"Cache-Control": "no-store"}}, nil

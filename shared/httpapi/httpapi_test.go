@@ -25,6 +25,7 @@ type fakeCore struct {
 	token    func(broker.TokenRequest) (*broker.Token, error)
 	list     func(broker.ListRequest) (*broker.ListPage, error)
 	imp      func(broker.ImportRequest) (*broker.Status, bool, error)
+	confirm  func(broker.ConfirmRequest) (*broker.Status, error)
 	status   func(store.Key) (*broker.Status, error)
 	del      func(store.Key) error
 }
@@ -39,7 +40,10 @@ func (f *fakeCore) Token(_ context.Context, r broker.TokenRequest) (*broker.Toke
 	return f.token(r)
 }
 func (f *fakeCore) Status(_ context.Context, k store.Key) (*broker.Status, error) { return f.status(k) }
-func (f *fakeCore) Delete(_ context.Context, k store.Key) error                   { return f.del(k) }
+func (f *fakeCore) Delete(_ context.Context, k store.Key, _ string) error         { return f.del(k) }
+func (f *fakeCore) Confirm(_ context.Context, r broker.ConfirmRequest) (*broker.Status, error) {
+	return f.confirm(r)
+}
 func (f *fakeCore) List(_ context.Context, r broker.ListRequest) (*broker.ListPage, error) {
 	return f.list(r)
 }

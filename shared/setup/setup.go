@@ -26,6 +26,7 @@ import (
 
 	"tokenbroker/shared/broker"
 	"tokenbroker/shared/config"
+	"tokenbroker/shared/httpapi"
 	"tokenbroker/shared/provider"
 	"tokenbroker/shared/store"
 	"tokenbroker/shared/telemetry"
@@ -164,4 +165,32 @@ func endpoint(get func(string, string) string, service string) *string {
 func Fail(log *slog.Logger, err error) {
 	log.Error("function cannot start", "error", err.Error())
 	os.Exit(1)
+}
+
+// Handler builds the HTTP mapping over b, with the caller allowlists of
+// the environment: ALLOWED_ACCOUNTS (comma-separated 12-digit account ids)
+// and ALLOWED_ORG_ID (an AWS Organization id). A malformed value is an
+// error naming the variable.
+func Handler(b *broker.Broker, log *slog.Logger, env Env) (*httpapi.Handler, error) {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	h := &httpapi.Handler{Core: b, Log: log}
+	if v, _ := env("ALLOWED_ACCOUNTS"); strings.TrimSpace(v) != "" {
+		for _, id := range strings.Split(v, ",") {
+			id = strings.TrimSpace(id)
+			if len(id) != 12 || strings.Trim(id, "0123456789") != "" {
+				return nil, fmt.Errorf("setup: ALLOWED_ACCOUNTS=%q must be 12-digit AWS account ids, comma-separated", v)
+			}
+			h.AllowedAccounts = append(h.AllowedAccounts, id)
+		}
+	}
+	if v, _ := env("ALLOWED_ORG_ID"); strings.TrimSpace(v) != "" {
+		v = strings.TrimSpace(v)
+		if !strings.HasPrefix(v, "o-") || len(v) < 12 || len(v) > 34 {
+			return nil, fmt.Errorf("setup: ALLOWED_ORG_ID=%q is not an AWS Organization id (o-…)", v)
+		}
+		h.AllowedOrgID = v
+	}
+	return h, nil
 }

@@ -24,7 +24,9 @@ type State struct {
 	RedirectURI string
 	Scopes      []string
 	// Metadata is stored with the connection when the authorization completes.
-	Metadata  map[string]string
+	Metadata map[string]string
+	// Confirm parks the grant for the app to confirm instead of storing it.
+	Confirm   bool
 	CreatedAt time.Time
 	ExpiresAt time.Time
 }
@@ -39,6 +41,7 @@ type stateItem struct {
 	RedirectURI string            `dynamodbav:"redirect_uri,omitempty"`
 	Scopes      []string          `dynamodbav:"scopes,omitempty"`
 	Metadata    map[string]string `dynamodbav:"metadata,omitempty"`
+	Confirm     bool              `dynamodbav:"confirm,omitempty"`
 	CreatedAt   int64             `dynamodbav:"created_at"`
 	ExpiresAt   int64             `dynamodbav:"expires_at"`
 	TTL         int64             `dynamodbav:"ttl"`
@@ -83,7 +86,7 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 	pk := statePK(value)
 	it := stateItem{
 		PK: pk, Type: "state", Provider: st.Provider, Connection: st.Connection,
-		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes, Metadata: st.Metadata,
+		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes, Metadata: st.Metadata, Confirm: st.Confirm,
 		CreatedAt: unixOrZero(st.CreatedAt), ExpiresAt: st.ExpiresAt.Unix(),
 		// DynamoDB deletes expired items late; consumers check expires_at themselves.
 		TTL: st.ExpiresAt.Add(time.Hour).Unix(),
@@ -162,7 +165,7 @@ func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) 
 	}
 	st := &State{
 		Key:      Key{Provider: it.Provider, Connection: it.Connection},
-		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes, Metadata: it.Metadata,
+		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes, Metadata: it.Metadata, Confirm: it.Confirm,
 		CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: timeOrZero(it.ExpiresAt),
 	}
 	if err := st.Key.Validate(); err != nil {

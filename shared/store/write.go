@@ -70,6 +70,9 @@ type Write struct {
 	goneIsDone bool
 	// create: a condition failure means the item exists (ErrAlreadyExists).
 	create bool
+	// claim: a condition failure means what was claimed is unknown, used,
+	// expired or someone else's (ErrStateInvalid).
+	claim bool
 	// appliedBy tells from the stored item whether this write applied.
 	appliedBy func(old map[string]types.AttributeValue) bool
 	// keep decodes the item the write returned into Result.
@@ -136,6 +139,8 @@ func (w *Write) Apply(ctx context.Context) error {
 		return nil
 	case w.create:
 		return fmt.Errorf("%w: %s %s", ErrAlreadyExists, w.what, w.key)
+	case w.claim:
+		return fmt.Errorf("%w: %s %s", ErrStateInvalid, w.what, w.key)
 	case len(old) == 0 && w.goneIsDone:
 		w.Noop = true
 		return nil

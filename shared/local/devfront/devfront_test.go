@@ -37,6 +37,7 @@ func TestRoutesComeFromTheTemplate(t *testing.T) {
 		"DELETE /connections/{provider}/{connection}":         "TokenFunction",
 		"GET /connections/{provider}":                         "TokenFunction",
 		"PUT /connections/{provider}/{connection}":            "TokenFunction",
+		"POST /connections/{provider}/{connection}/confirm":   "TokenFunction",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("routes %v", got)
