@@ -106,7 +106,9 @@ func TestEveryChangeIsAudited(t *testing.T) {
 		check func(map[string]any) bool
 	}{
 		{"authorization started", 1, func(l map[string]any) bool { return l["caller"] == caller && l["state_fingerprint"] != "" }},
-		{"connection authorized", 1, func(l map[string]any) bool { return l["via"] == "callback" && strings.HasPrefix(l["account"].(string), "oEMU") }},
+		{"connection authorized", 1, func(l map[string]any) bool {
+			return l["via"] == "callback" && strings.HasPrefix(l["account"].(string), "oEMU")
+		}},
 		{"token released", 2, func(l map[string]any) bool { return l["caller"] == caller && len(l["token_fingerprint"].(string)) == 8 }},
 		{"connection imported", 1, func(l map[string]any) bool { return l["caller"] == caller && l["created"] == true }},
 		{"connection deleted", 1, func(l map[string]any) bool { return l["caller"] == caller && l["existed"] == true }},
