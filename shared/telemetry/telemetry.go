@@ -99,6 +99,7 @@ var rollups = map[string][][]string{
 	RefreshFailing:      {{}},
 	RefreshUnsaved:      {{}},
 	RefreshNotPermitted: {{}},
+	EventsFailed:        {{}},
 }
 
 // dimensionSets returns the full set of dims (sorted) followed by the

@@ -19,6 +19,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"tokenbroker/shared/local/ddbfault"
 	"tokenbroker/shared/local/devstack"
 	"tokenbroker/shared/local/emulator"
 	"tokenbroker/shared/local/lambdarun"
@@ -152,13 +153,17 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 		t.Fatalf("WeChat issued %d tokens, want exactly 1 (the budget is 1)", got)
 	}
 
+	// The metrics of grants at risk, on a provider of their own so the
+	// counts above stay exact.
+	atRisk := provokeGrantsAtRisk(t)
+
 	if _, err := f.refresher.Invoke(ctx, []byte(`{"source":"aws.events","detail-type":"Scheduled Event","detail":{}}`)); err != nil {
 		t.Fatal(err) // RefresherDuration
 	}
 
 	// A sandbox's output is copied to logs asynchronously; once its process
 	// has exited (Close waits for that) every line it printed is there.
-	for _, r := range []*lambdarun.Runner{f.authorize, f.callback, f.token, f.refresher, secondToken} {
+	for _, r := range append([]*lambdarun.Runner{f.authorize, f.callback, f.token, f.refresher, secondToken}, atRisk...) {
 		r.Close()
 	}
 	points := parseEMF(t, logs.String()[from:])
@@ -179,6 +184,10 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 		{telemetry.QuotaUsed, map[string]string{"AppID": devstack.WeChatAppID}, 1},
 		{telemetry.QuotaRefused, map[string]string{"Provider": alarmWeChat}, 1},
 		{telemetry.RefresherDuration, map[string]string{}, 1},
+		{telemetry.RefreshUnsaved, map[string]string{"Provider": alarmAtRisk}, 1},
+		{telemetry.RefreshFailing, map[string]string{"Provider": alarmAtRisk}, 1},
+		{telemetry.RefreshNotPermitted, map[string]string{"Provider": alarmAtRisk}, 1},
+		{telemetry.EventsFailed, map[string]string{}, 1},
 	} {
 		if got := countPoints(points, tc.metric, tc.dims); got != tc.want {
 			t.Errorf("%s %v: %d data points, want %d", tc.metric, tc.dims, got, tc.want)
@@ -212,6 +221,62 @@ func TestAlarmsAndDashboardReceiveData(t *testing.T) {
 			t.Errorf("the functions publish %s but the dashboard does not show it", name)
 		}
 	}
+}
+
+const alarmAtRisk = "alarm-at-risk"
+
+// provokeGrantsAtRisk makes the functions publish the metrics of grants at
+// risk, each exactly once: a refresh whose answer DynamoDB would not store
+// (RefreshUnsaved), a failure streak past expiry (RefreshFailing), a
+// provider that will not refresh for the app (RefreshNotPermitted) and a
+// lifecycle event EventBridge would not take (EventsFailed). It returns
+// the sandboxes it started, for the caller to close.
+func provokeGrantsAtRisk(t *testing.T) []*lambdarun.Runner {
+	t.Helper()
+	ctx := context.Background()
+	sina := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, publicBase+"/callback/"+alarmAtRisk)
+	srv := httptest.NewServer(sina)
+	t.Cleanup(srv.Close)
+	if err := stack.PutProvider(ctx, alarmAtRisk, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv.URL}, devstack.SinaSecret); err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := ddbfault.Start(stack.Endpoints.DynamoDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	token := startFunction(t, "token", nil)
+	throttled := startFunction(t, "token", map[string]string{localaws.EnvDynamoDB: proxy.URL})
+	deaf := startFunction(t, "token", map[string]string{localaws.EnvEventBridge: "http://127.0.0.1:1"})
+	grant := func(conn string) {
+		access, refresh, ttl := sina.IssueGrant()
+		expectStatus(t, invoke(t, token, request{method: "PUT", path: "/connections/" + alarmAtRisk + "/" + conn, iam: true,
+			body: fmt.Sprintf(`{"access_token":%q,"refresh_token":%q,"expires_in":%d}`, access, refresh, int(ttl.Seconds()))}), 201, "")
+	}
+	for _, conn := range []string{"unsaved", "failing", "not-permitted", "deaf"} {
+		grant(conn)
+	}
+	// RefreshUnsaved: every commit throttled for the whole time budget.
+	expectStatus(t, tokenOf(t, throttled, alarmAtRisk, "unsaved", ""), 200, "")
+	ageConnection(t, stack.Table, alarmAtRisk, "unsaved", 30*time.Second)
+	proxy.Inject("PutItem", ddbfault.Fault{Kind: ddbfault.Throttle}, 1000000)
+	expectStatus(t, tokenOf(t, throttled, alarmAtRisk, "unsaved", "min_ttl=600"), 500, "internal")
+	proxy.Clear()
+	// RefreshFailing: the access token has expired and the refresh fails.
+	ageConnection(t, stack.Table, alarmAtRisk, "failing", -time.Minute)
+	sina.Inject("/oauth2/access_token", emulator.HTMLError(503), 1)
+	expectStatus(t, tokenOf(t, token, alarmAtRisk, "failing", ""), 503, "provider_unavailable")
+	// RefreshNotPermitted: the token is still served.
+	ageConnection(t, stack.Table, alarmAtRisk, "not-permitted", 30*time.Second)
+	sina.NoRefreshPermission = true
+	expectStatus(t, tokenOf(t, token, alarmAtRisk, "not-permitted", "min_ttl=600"), 200, "")
+	sina.NoRefreshPermission = false
+	// EventsFailed: the needs_reauth is stored with its notice; the
+	// sandbox cannot reach EventBridge, so the refresher will send it.
+	ageConnection(t, stack.Table, alarmAtRisk, "deaf", 30*time.Second)
+	sina.Inject("/oauth2/access_token", emulator.OAuthError(400, "invalid_grant", "revoked"), 1)
+	expectStatus(t, tokenOf(t, deaf, alarmAtRisk, "deaf", "min_ttl=600"), 409, "needs_reauth")
+	return []*lambdarun.Runner{token, throttled, deaf}
 }
 
 // providerGate holds calls to one path of a provider until released, so a
