@@ -83,21 +83,10 @@ func (s *Store) Park(ctx context.Context, connectID string, p *Parked) error {
 			return fmt.Errorf("%w: refresh token: %v", ErrInvalid, err)
 		}
 	}
-	w := s.newWrite("park grant", p.Key, Fence{})
-	w.create = true
-	it.WriteID = w.ID
-	av, err := attributevalue.MarshalMap(it)
-	if err != nil {
-		return fmt.Errorf("store: marshal parked grant: %w", err)
-	}
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
-	if err != nil {
-		return err
-	}
-	w.put = &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
-		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
-	return w.Apply(ctx)
+	return s.putNew(ctx, "park grant", p.Key, func(id string) (map[string]types.AttributeValue, error) {
+		it.WriteID = id
+		return attributevalue.MarshalMap(it)
+	})
 }
 
 // GetParked reads the grant parked under connectID for k: ErrStateInvalid

@@ -98,21 +98,10 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 		}
 		it.Verifier = v
 	}
-	w := s.newWrite("put state", st.Key, Fence{})
-	w.create = true
-	it.WriteID = w.ID
-	av, err := attributevalue.MarshalMap(it)
-	if err != nil {
-		return fmt.Errorf("store: marshal state: %w", err)
-	}
-	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
-	if err != nil {
-		return err
-	}
-	w.put = &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: av,
-		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
-		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
-	return w.Apply(ctx)
+	return s.putNew(ctx, "put state", st.Key, func(id string) (map[string]types.AttributeValue, error) {
+		it.WriteID = id
+		return attributevalue.MarshalMap(it)
+	})
 }
 
 // ConsumeState marks the state used in one conditional write that also

@@ -280,6 +280,26 @@ func (s *Store) conditionalUpdate(w *Write, cond expression.ConditionBuilder, up
 	return w, w.withNotices(notices)
 }
 
+// putNew writes an item where none exists under its key (ErrAlreadyExists
+// otherwise), recognising its own retry; item marshals the item with the
+// write's id in its write_id.
+func (s *Store) putNew(ctx context.Context, what string, k Key, item func(writeID string) (map[string]types.AttributeValue, error)) error {
+	w := s.newWrite(what, k, Fence{})
+	w.create = true
+	av, err := item(w.ID)
+	if err != nil {
+		return fmt.Errorf("store: marshal %s: %w", what, err)
+	}
+	cond, err := buildExpr(expression.NewBuilder().WithCondition(expression.AttributeNotExists(expression.Name("pk"))))
+	if err != nil {
+		return err
+	}
+	w.put = &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: av,
+		ConditionExpression: cond.Condition(), ExpressionAttributeNames: cond.Names(),
+		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
+	return w.Apply(ctx)
+}
+
 // PrepareCreate prepares writing a new connection where none exists for
 // its key (ErrAlreadyExists otherwise). A missing generation is filled in.
 func (s *Store) PrepareCreate(c *Connection, notices ...Notice) (*Write, error) {
