@@ -23,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -263,6 +264,9 @@ func validKey(k store.Key) error {
 
 // storeError maps a store failure that is not part of the protocol.
 func storeError(err error, what string) error {
+	if errors.Is(err, store.ErrInvalid) {
+		return wrap(CodeBadRequest, err, "the %s cannot be stored: %s", what, strings.TrimPrefix(err.Error(), "store: invalid input: "))
+	}
 	if errors.Is(err, store.ErrCorrupt) {
 		return wrap(CodeInternal, err, "stored %s cannot be read; see the broker's log", what)
 	}

@@ -13,10 +13,11 @@ import (
 //
 //   - A provider call starts only when the caller's own time (its Lambda
 //     deadline, less Reserve to answer) covers Provider + Commit, measured
-//     after it holds the lease.
+//     again after it holds the lease: a lease write that was slow to answer
+//     leaves less, and then the lease is given back and nothing is called.
 //   - The lease is sized to its holder: it lasts until the holder's own
-//     hold deadline (now + Provider + Commit + Skew at most, never past the
-//     invocation's deadline) plus Skew for other instances' clocks. The
+//     hold deadline (now + Provider + Commit + Acquire at most, never past
+//     the invocation's deadline) plus Skew for other instances' clocks. The
 //     holder stops working by its hold deadline, so while it may still
 //     commit, nobody else can take the lease and present the same refresh
 //     token.
@@ -26,14 +27,18 @@ import (
 //   - Waiters never wait past their own deadline, and never take over a
 //     lease they could not finish: they answer provider_unavailable.
 //
-// With the defaults (10 s, 8 s, 2 s, 1 s) a lease lasts at most 22 s, the
-// token function (30 s) can start a refresh with up to 11 s already spent,
-// and the refresher (55 s) starts new refreshes until 19 s before its end.
+// With the defaults (10 s, 8 s, 3 s, 2 s, 1 s) a lease lasts at most 23 s,
+// the token function (30 s) can start a refresh with up to 11 s already
+// spent, and the refresher (55 s) starts new refreshes until 19 s before
+// its end.
 type Budget struct {
 	// Provider bounds one provider call.
 	Provider time.Duration
 	// Commit is kept after the provider call to store its result.
 	Commit time.Duration
+	// Acquire is what taking the lease may cost on top (one slow DynamoDB
+	// attempt) before the holder still has Provider + Commit.
+	Acquire time.Duration
 	// Skew is the margin for clocks: added to the hold to size the lease.
 	Skew time.Duration
 	// Reserve is left at the end of an invocation to answer.
@@ -42,7 +47,7 @@ type Budget struct {
 
 // DefaultBudget is the budget the functions run with.
 func DefaultBudget() Budget {
-	return Budget{Provider: provider.DefaultTimeout, Commit: 8 * time.Second, Skew: 2 * time.Second, Reserve: time.Second}
+	return Budget{Provider: provider.DefaultTimeout, Commit: 8 * time.Second, Acquire: 3 * time.Second, Skew: 2 * time.Second, Reserve: time.Second}
 }
 
 func (b *Broker) budget() Budget {
@@ -56,7 +61,7 @@ func (b *Broker) budget() Budget {
 func (bg Budget) needed() time.Duration { return bg.Provider + bg.Commit }
 
 // maxHold is the longest one holder works under one lease.
-func (bg Budget) maxHold() time.Duration { return bg.needed() + bg.Skew }
+func (bg Budget) maxHold() time.Duration { return bg.needed() + bg.Acquire }
 
 // left is how long the invocation may still work (its deadline less the
 // reserve to answer), or limit when that is more or there is no deadline.
@@ -75,8 +80,12 @@ func (b *Broker) left(ctx context.Context, limit time.Duration) time.Duration {
 func (b *Broker) hold(ctx context.Context, now time.Time) (deadline time.Time, ok bool) {
 	bg := b.budget()
 	left := b.left(ctx, bg.maxHold())
-	return now.Add(left), left >= bg.needed()
+	return now.Add(left), left > bg.needed()
 }
+
+// covers reports whether a holder working until hold still has, at now,
+// the time for a provider call and the commit after it.
+func (b *Broker) covers(hold, now time.Time) bool { return hold.Sub(now) >= b.budget().needed() }
 
 // wallClock turns a time of the broker's clock into a wall-clock deadline.
 func (b *Broker) wallClock(t time.Time) time.Time { return time.Now().Add(t.Sub(b.now())) }

@@ -31,7 +31,8 @@ func faultyFixture(t *testing.T) (*fixture, *ddbfault.Proxy) {
 
 // fastBudget keeps tests that run a budget out short; the proportions of
 // the real one are kept.
-var fastBudget = broker.Budget{Provider: 2 * time.Second, Commit: 1500 * time.Millisecond, Skew: 500 * time.Millisecond, Reserve: 100 * time.Millisecond}
+var fastBudget = broker.Budget{Provider: 2 * time.Second, Commit: 1500 * time.Millisecond, Acquire: 300 * time.Millisecond,
+	Skew: 500 * time.Millisecond, Reserve: 100 * time.Millisecond}
 
 // eventsAbout keeps the events about one connection.
 func eventsAbout(evs []map[string]any, k store.Key) []map[string]any {

@@ -16,19 +16,39 @@ const publishTimeout = 5 * time.Second
 // and deletes each one sent. A notice that cannot be sent stays in the
 // table and the refresher sends it later; a user's request never fails
 // because of it.
+//
+// It takes at most publishTimeout, and never the time the invocation needs
+// to answer: with too little left it leaves the notices to the refresher.
 func (b *Broker) publish(ctx context.Context, st *store.Store, notices ...store.Notice) {
-	if len(notices) == 0 {
+	left := b.left(ctx, publishTimeout)
+	if len(notices) == 0 || left <= 0 {
 		return
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
 	defer cancel()
 	for _, n := range notices {
-		if !b.send(pctx, n) {
-			continue
+		if b.send(pctx, n) {
+			b.forget(pctx, st, n)
 		}
-		if err := st.DeleteNotice(pctx, n.ID); err != nil {
+	}
+}
+
+// forget deletes a published notice, retrying through DynamoDB faults: a
+// notice left behind would be published again by the refresher.
+func (b *Broker) forget(ctx context.Context, st *store.Store, n store.Notice) {
+	wait := 50 * time.Millisecond
+	for {
+		err := st.DeleteNotice(ctx, n.ID)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
 			b.log().WarnContext(ctx, "published notice not deleted; it may be sent again", "detail_type", n.DetailType, "error", err.Error())
+			return
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
 
@@ -90,15 +110,21 @@ func (b *Broker) deletedNotice(st *store.Store, c *store.Connection, revoked boo
 		Revoked: revoked, Metadata: telemetry.Labels(c.Metadata)})
 }
 
-// PublishPending sends the notices whose writers did not (a process that
+// publishPending sends the notices whose writers did not (a process that
 // died between its write and the publish); the refresher calls it.
 func (b *Broker) publishPending(ctx context.Context, st *store.Store) (sent int, err error) {
 	err = st.ScanNotices(ctx, b.now(), func(n *store.Notice) error {
-		if b.send(ctx, *n) {
+		// Claimed first, so a second refresher running now skips it; a
+		// claim that is never followed by a delete lapses after a minute.
+		claimed, err := st.ClaimNotice(ctx, n, b.now().Add(time.Minute))
+		if err != nil {
+			b.log().WarnContext(ctx, "notice not claimed", "detail_type", n.DetailType, "error", err.Error())
+		}
+		if claimed && b.send(ctx, *n) {
 			sent++
-			if derr := st.DeleteNotice(ctx, n.ID); derr != nil {
-				b.log().WarnContext(ctx, "published notice not deleted; it may be sent again", "detail_type", n.DetailType, "error", derr.Error())
-			}
+			fctx, cancel := context.WithTimeout(ctx, publishTimeout)
+			b.forget(fctx, st, *n)
+			cancel()
 		}
 		return ctx.Err()
 	})

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"tokenbroker/shared/provider"
+	"tokenbroker/shared/sealing"
 	"tokenbroker/shared/store"
 	"tokenbroker/shared/telemetry"
 )
@@ -19,21 +21,35 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	if !e.cfg.Machine() && !c.RefreshExpiresAt.IsZero() && !now.Before(c.RefreshExpiresAt) {
 		return b.refusedFor(ctx, e, c, "the refresh token expired", "", hold)
 	}
+	bg := b.budget()
+	if e.cfg.Machine() {
+		// The quota count must leave the provider call and the commit
+		// their time.
+		qctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(hold.Add(-bg.needed())))
+		err := b.quotaGuard(qctx, e)
+		cancel()
+		if err != nil {
+			return b.refreshFailed(ctx, e, c, err, hold)
+		}
+	}
+	now = b.now()
+	if !b.covers(hold, now) {
+		// Taking the lease (or counting the quota) was slow: the provider
+		// call and its commit no longer fit before the hold ends. Give the
+		// lease back; nothing was spent.
+		if err := b.durably(ctx, hold, b.releaseWrite(e, c)); err != nil {
+			b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
+		}
+		return nil, Errorf(CodeProviderUnavailable, "too little time is left to refresh %s safely; try again", c.Key)
+	}
 	// The call is detached from the caller's cancellation (a request given
 	// up half way must not cut a rotation in half) and bounded so that the
 	// commit budget is left after it.
-	bg := b.budget()
-	deadline := now.Add(bg.Provider)
-	if limit := hold.Add(-bg.Commit); limit.Before(deadline) {
-		deadline = limit
-	}
-	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(deadline))
+	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(now.Add(bg.Provider)))
 	var ts *provider.TokenSet
 	var err error
 	if e.cfg.Machine() {
-		if err = b.quotaGuard(pctx, e); err == nil {
-			ts, err = e.client.MachineToken(pctx)
-		}
+		ts, err = e.client.MachineToken(pctx)
 	} else {
 		ts, err = e.client.Refresh(pctx, c.RefreshToken)
 	}
@@ -47,12 +63,23 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	now = b.now()
 	next.Status, next.Attempts, next.LastError, next.LastErrorAt, next.RefreshedAt = store.StatusActive, 0, "", time.Time{}, now
 	next.RefreshDenied = ""
+	unusable := fitForStorage(&next)
+	if unusable != "" {
+		// The grant (its rotated refresh token above all) is stored; the
+		// access token the provider sent cannot be, and the next refresh
+		// waits its backoff instead of asking the provider again at once.
+		b.log().ErrorContext(ctx, "provider answer not fully storable", "provider", c.Provider, "connection", c.Connection, "problem", unusable)
+		next.Attempts, next.LastError, next.LastErrorAt = c.Attempts+1, unusable, now
+	}
 	var notices []store.Notice
 	if c.FailingNotified {
 		next.FailingNotified = false
 		notices = append(notices, b.recoveredNotice(e.store, c))
 	}
 	scheduleRefresh(&next, e.cfg, now)
+	if unusable != "" {
+		next.RefreshAt = now.Add(b.retryDelay(next.Attempts, time.Time{}, now))
+	}
 	w, err := e.store.PrepareCommit(&next, c.Fence(), notices...)
 	if err == nil {
 		err = b.durably(ctx, hold, w)
@@ -65,6 +92,9 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 		b.log().InfoContext(ctx, "token refreshed", "provider", c.Provider, "connection", c.Connection,
 			"token_fingerprint", store.Fingerprint(next.AccessToken), "expires_at", next.ExpiresAt, "version", next.Version)
 		b.publish(ctx, e.store, notices...)
+		if unusable != "" {
+			return nil, Errorf(CodeProviderError, "provider %q sent what the broker cannot store: %s", c.Provider, unusable)
+		}
 		return &next, nil
 	case errors.Is(err, store.ErrNotFound):
 		b.log().WarnContext(ctx, "connection deleted during its refresh; new tokens discarded", "provider", c.Provider, "connection", c.Connection)
@@ -79,10 +109,7 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 		} else {
 			b.log().ErrorContext(ctx, "refresh lost the version race: the lease ran out under its holder", "provider", c.Provider, "connection", c.Connection)
 		}
-		if ce.Current.Status == store.StatusNeedsReauth {
-			return nil, needsReauth(ce.Current)
-		}
-		return ce.Current, nil
+		return nil, &movedOn{current: ce.Current}
 	default:
 		// DynamoDB refused every write until the hold ran out. The provider
 		// may have rotated the grant: the next refresh presents the old
@@ -95,6 +122,44 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	}
 }
 
+// Limits of what a connection item holds (the store refuses more).
+const (
+	maxScope     = 2048
+	maxTokenType = 64
+)
+
+// fitForStorage makes a provider's answer storable, so that a rotated
+// refresh token is never lost because something beside it is too large:
+// an overlong scope or token type is cut, an access token over the
+// sealing limit is dropped (the connection then has none to serve). It
+// returns why the access token was dropped, or "".
+func fitForStorage(c *store.Connection) string {
+	c.Scope = clipUTF8(c.Scope, maxScope)
+	c.TokenType = clipUTF8(c.TokenType, maxTokenType)
+	if len(c.AccessToken) > sealing.MaxPlaintext {
+		n := len(c.AccessToken)
+		c.AccessToken, c.ExpiresAt = "", time.Time{}
+		return fmt.Sprintf("the access token is %d bytes, more than the %d the broker stores", n, sealing.MaxPlaintext)
+	}
+	return ""
+}
+
+func clipUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// releaseWrite gives c's lease back unused.
+func (b *Broker) releaseWrite(e *env, c *store.Connection) *store.Write {
+	return e.store.PrepareRelease(c.Key, c.Fence(), c.LeaseOwner)
+}
+
 // revokeOrphan revokes, where the provider can, tokens fetched for a grant
 // that was deleted or replaced while they were being fetched, so that no
 // live credential of it is left behind.
@@ -103,7 +168,11 @@ func (b *Broker) revokeOrphan(ctx context.Context, e *env, c *store.Connection, 
 	if token == "" || token == c.RefreshToken {
 		token, hint = ts.AccessToken, "access_token"
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.budget().Provider)
+	left := b.left(ctx, b.budget().Provider)
+	if left <= 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
 	defer cancel()
 	if err := e.client.Revoke(rctx, token, hint); err != nil && !errors.Is(err, provider.ErrNotSupported) {
 		b.log().WarnContext(ctx, "revoking the discarded tokens failed", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
@@ -192,14 +261,19 @@ func (b *Broker) refreshDenied(ctx context.Context, e *env, c *store.Connection,
 }
 
 // refusedFor ends a grant the provider refused: needs_reauth, unless the
-// write finds that another worker moved the connection on (then its
-// result stands and is served).
+// write finds that another worker moved the connection on (a *movedOn).
 func (b *Broker) refusedFor(ctx context.Context, e *env, c *store.Connection, reason, providerCode string, hold time.Time) (*store.Connection, error) {
-	current, err := b.markNeedsReauth(ctx, e, c, reason, providerCode, &hold)
-	if err == nil && current != nil {
-		return current, nil
-	}
-	return nil, err
+	return nil, b.markNeedsReauth(ctx, e, c, reason, providerCode, &hold)
+}
+
+// movedOn is what a write for c found instead of c: another worker
+// committed, the connection was re-authorized, or a new first fetch
+// began. Its caller looks at current again (it may be pending, expired or
+// another grant) instead of serving it as it is.
+type movedOn struct{ current *store.Connection }
+
+func (m *movedOn) Error() string {
+	return fmt.Sprintf("broker: connection %s changed during the refresh", m.current.Key)
 }
 
 func describe(err error) string {
@@ -221,9 +295,9 @@ func describe(err error) string {
 // once: the needs_reauth state and its event are written in one
 // transaction, so the event is published by this process or, if it dies
 // first, by the refresher. When the write finds the connection moved on,
-// it returns what is there instead: an active connection to serve, or the
-// needs_reauth error of a mark someone else made (who also announced it).
-func (b *Broker) markNeedsReauth(ctx context.Context, e *env, c *store.Connection, reason, providerCode string, hold *time.Time) (*store.Connection, error) {
+// it returns the needs_reauth error of a mark someone else made (who also
+// announced it), or a *movedOn with what is there.
+func (b *Broker) markNeedsReauth(ctx context.Context, e *env, c *store.Connection, reason, providerCode string, hold *time.Time) error {
 	until := b.now().Add(b.budget().Commit)
 	if hold != nil {
 		until = *hold
@@ -239,17 +313,14 @@ func (b *Broker) markNeedsReauth(ctx context.Context, e *env, c *store.Connectio
 		b.log().WarnContext(ctx, "connection needs re-authorization", "provider", c.Provider, "connection", c.Connection, "reason", reason)
 		b.publish(ctx, e.store, notice)
 		c.Status, c.LastError = store.StatusNeedsReauth, reason
-		return nil, needsReauth(c)
+		return needsReauth(c)
 	case errors.Is(err, store.ErrNotFound):
-		return nil, Errorf(CodeNotFound, "connection %s was deleted", c.Key)
+		return Errorf(CodeNotFound, "connection %s was deleted", c.Key)
 	case errors.As(err, &ce) && ce.Current != nil:
 		if ce.Current.Status == store.StatusNeedsReauth {
-			return nil, needsReauth(ce.Current)
+			return needsReauth(ce.Current)
 		}
-		if ce.Current.Status == store.StatusActive && ce.Current.AccessToken != "" {
-			return ce.Current, nil
-		}
-		return nil, Errorf(CodeProviderUnavailable, "connection %s changed during the refresh; try again", c.Key)
+		return &movedOn{current: ce.Current}
 	}
-	return nil, storeError(err, "connection")
+	return storeError(err, "connection")
 }

@@ -280,13 +280,16 @@ func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Tim
 		if conn.RefreshDenied == "" {
 			reason = "the access token expired and the provider gave no refresh token"
 		}
-		if _, err := b.markNeedsReauth(ctx, e, conn, reason, "", &hold); ErrorCode(err) == CodeNeedsReauth {
+		if err := b.markNeedsReauth(ctx, e, conn, reason, "", &hold); ErrorCode(err) == CodeNeedsReauth {
 			return outcomeReauth
 		}
 		return outcomeFailed
 	}
 	after, err := b.refreshHeld(ctx, e, conn, hold)
+	var moved *movedOn
 	switch {
+	case errors.As(err, &moved):
+		return outcomeStale
 	case err == nil && after.RefreshDenied != "":
 		return outcomeNotPermitted
 	case err == nil:

@@ -54,6 +54,10 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 	conn, err := e.store.Get(ctx, req.Key, true)
 	if errors.Is(err, store.ErrNotFound) && e.cfg.Machine() {
 		conn, err = b.firstMachineToken(ctx, e, req.Key)
+		var moved *movedOn
+		if errors.As(err, &moved) {
+			conn, err = moved.current, nil
+		}
 	} else if errors.Is(err, store.ErrNotFound) {
 		return nil, Errorf(CodeNotFound, "no connection %s; authorize it first", req.Key)
 	}
@@ -185,12 +189,7 @@ func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req To
 		if c.RefreshDenied != "" {
 			reason = "the access token expired and " + c.RefreshDenied
 		}
-		current, err := b.markNeedsReauth(ctx, e, c, reason, "", nil)
-		if err != nil {
-			return refuse, err
-		}
-		*c = *current // another worker moved it on: serve what it stored
-		return serve, nil
+		return refuse, b.markNeedsReauth(ctx, e, c, reason, "", nil)
 	}
 	if req.Force {
 		if usable(e.cfg, c, 0, now) && now.Sub(lastAttempt(c)) < ForceWindow {
@@ -201,11 +200,16 @@ func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req To
 	if usable(e.cfg, c, attainable(e.cfg, c, req.MinTTL), now) {
 		return serve, nil
 	}
-	if c.LastError != "" && now.Before(c.RefreshAt) && usable(e.cfg, c, 0, now) {
-		// The last refresh failed and its retry is scheduled: the old token
-		// still works, so serve it rather than hammer a failing provider
-		// from every request.
-		return serve, nil
+	if c.LastError != "" && now.Before(c.RefreshAt) {
+		// The last refresh failed and its retry is scheduled: serve the old
+		// token while it works, else say why there is none, rather than
+		// hammer a failing provider from every request.
+		if usable(e.cfg, c, 0, now) {
+			return serve, nil
+		}
+		if c.AccessToken == "" {
+			return refuse, Errorf(CodeProviderUnavailable, "refreshing %s failed (%s); it is retried at %s", c.Key, c.LastError, c.RefreshAt.UTC().Format(time.RFC3339))
+		}
 	}
 	return refresh, nil
 }
@@ -225,6 +229,11 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 		case serve:
 			return c, nil
 		case refuse:
+			var moved *movedOn
+			if errors.As(err, &moved) {
+				c = moved.current // look again at what is there now
+				continue
+			}
 			return nil, err
 		}
 		if !c.Leased(now) {
@@ -234,7 +243,13 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 			}
 			held, err := e.store.AcquireLease(ctx, c.Key, c.Fence(), b.newLease(hold))
 			if err == nil {
-				return b.refreshHeld(ctx, e, held, hold)
+				out, err := b.refreshHeld(ctx, e, held, hold)
+				var moved *movedOn
+				if errors.As(err, &moved) {
+					c = moved.current
+					continue
+				}
+				return out, err
 			}
 			var ce *store.ConflictError
 			switch {

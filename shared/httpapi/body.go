@@ -13,7 +13,7 @@ import (
 )
 
 // maxBody bounds a request body.
-const maxBody = 16 << 10
+const maxBody = 160 << 10
 
 // readJSON decodes the event's body into v, strictly: one JSON object
 // whose keys are exactly v's field names (encoding/json alone would accept

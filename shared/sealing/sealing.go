@@ -25,7 +25,7 @@ const KeySize = 32
 
 // MaxPlaintext bounds what Seal accepts. Provider tokens are far smaller;
 // the bound keeps a corrupt response from becoming a 400 KB item.
-const MaxPlaintext = 16 << 10
+const MaxPlaintext = 64 << 10
 
 const version = "v1"
 

@@ -67,7 +67,7 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 	if err != nil {
 		return nil, log, err
 	}
-	shards, err := number("DUE_SHARDS", 8, 1, 256)
+	shards, err := number("DUE_SHARDS", 8, 1, store.MaxDueShards)
 	if err != nil {
 		return nil, log, err
 	}

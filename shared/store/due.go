@@ -8,6 +8,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
+// MaxDueShards is how many shards of the due index the scans read,
+// whatever DUE_SHARDS is now: items are filed under one of DUE_SHARDS
+// shards, and an instance (or an earlier deployment) with another setting
+// may have filed them under any shard up to this. Lowering DUE_SHARDS
+// therefore strands nothing.
+const MaxDueShards = 64
+
 // defaultDuePage is how many items one page of the due index holds; with
 // the refresher's queues it bounds what is in memory whatever the backlog.
 const defaultDuePage = 100
@@ -72,7 +79,7 @@ func (s *Store) ScanDue(ctx context.Context, provider string, now time.Time, vis
 	if err := s.check(); err != nil {
 		return err
 	}
-	for shard := 0; shard < s.shards(); shard++ {
+	for shard := 0; shard < MaxDueShards; shard++ {
 		if err := s.queryDue(ctx, provider+"#"+strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
 			return visit(dueItem(av))
 		}); err != nil {
@@ -89,7 +96,7 @@ func (s *Store) ScanLegacyDue(ctx context.Context, now time.Time, visit func(*Du
 	if err := s.check(); err != nil {
 		return err
 	}
-	for shard := 0; shard < s.shards(); shard++ {
+	for shard := 0; shard < MaxDueShards; shard++ {
 		if err := s.queryDue(ctx, strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
 			return visit(dueItem(av))
 		}); err != nil {

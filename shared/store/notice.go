@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -97,12 +98,39 @@ func (s *Store) DeleteNotice(ctx context.Context, id string) error {
 	return nil
 }
 
+// ClaimNotice takes a due notice for the caller to publish, so that two
+// refreshers running at once (a retried or overlapping tick) cannot both
+// send it: a compare-and-set on the time it became due, which also hides
+// it from scans until until. false: someone else has it, or it is gone.
+func (s *Store) ClaimNotice(ctx context.Context, n *Notice, until time.Time) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	e, err := buildExpr(expression.NewBuilder().
+		WithCondition(expression.Name("refresh_at").Equal(expression.Value(n.DueAt.Unix()))).
+		WithUpdate(expression.Set(expression.Name("refresh_at"), expression.Value(until.Unix()))))
+	if err != nil {
+		return false, err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(s.Table), Key: keyAttr(noticePrefix + n.ID),
+		ConditionExpression: e.Condition(), UpdateExpression: e.Update(), ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values()})
+	var ccf *types.ConditionalCheckFailedException
+	if errors.As(err, &ccf) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: claim notice: %w", err)
+	}
+	n.DueAt = until
+	return true, nil
+}
+
 // ScanNotices calls visit with every notice due at now, page by page.
 func (s *Store) ScanNotices(ctx context.Context, now time.Time, visit func(*Notice) error) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	for shard := 0; shard < s.shards(); shard++ {
+	for shard := 0; shard < MaxDueShards; shard++ {
 		err := s.queryDue(ctx, noticePrefix+fmt.Sprint(shard), now, func(av map[string]types.AttributeValue) error {
 			var it noticeItem
 			if err := attributevalue.UnmarshalMap(av, &it); err != nil || it.Type != "notice" || len(it.PK) <= len(noticePrefix) {

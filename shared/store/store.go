@@ -84,7 +84,7 @@ func (s *Store) now() time.Time {
 
 func (s *Store) shards() int {
 	if s.Shards > 0 {
-		return s.Shards
+		return min(s.Shards, MaxDueShards)
 	}
 	return 8
 }

@@ -79,6 +79,8 @@ type Write struct {
 	keep bool
 	// Result is the connection as written, when the write returns it.
 	Result *Connection
+	// failed is returned by Apply: the write could not be prepared.
+	failed error
 	// Noop is set when Apply succeeded because the item was already gone
 	// (a delete): nothing was written, the write's notices included.
 	Noop bool
@@ -94,6 +96,9 @@ func (w *Write) fail(err error) error {
 // ErrAlreadyExists for a create; a *ConflictError when the item is at
 // another fence; anything else is a store failure, which Retryable judges.
 func (w *Write) Apply(ctx context.Context) error {
+	if w.failed != nil {
+		return w.failed
+	}
 	var old map[string]types.AttributeValue
 	var err error
 	switch {

@@ -145,7 +145,8 @@ func TestImportRefusesWhatItCannotKeep(t *testing.T) {
 		"metadata key chars": `{"access_token":"a","metadata":{"a b":"v"}}`,
 		"metadata too long":  `{"access_token":"a","metadata":{"k":"` + strings.Repeat("é", 257) + `"}}`,
 		"eleven metadata":    string(many),
-		"token too large":    `{"access_token":"` + strings.Repeat("A", 17<<10) + `"}`,
+		"token too large":    `{"access_token":"` + strings.Repeat("A", 65<<10) + `"}`,
+		"body too large":     `{"access_token":"` + strings.Repeat("A", 161<<10) + `"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			expectStatus(t, importGrant(t, tokenFn, k, body), 400, "bad_request")
