@@ -207,6 +207,15 @@ func TestBadSignaturesAre403(t *testing.T) {
 	}
 }
 
+// expireSoon makes a connection's token look as if it expires in
+// expiresIn (negative: expired), so that the broker refreshes it.
+func expireSoon(t *testing.T, provider, conn string, expiresIn time.Duration) {
+	t.Helper()
+	if err := api.Stack.AgeConnection(context.Background(), "", provider, conn, expiresIn); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNeedsReauth(t *testing.T) {
 	ctx := context.Background()
 	const conn = "revoked"
@@ -214,7 +223,9 @@ func TestNeedsReauth(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The provider refuses the next refresh for good; the forced refresh
-	// marks the connection needs_reauth.
+	// (of a connection old enough to be refreshed again) marks it
+	// needs_reauth.
+	expireSoon(t, devstack.SinaCloud, conn, time.Minute)
 	api.Stack.Sina.Inject("/oauth2/access_token", emulator.OAuthError(http.StatusBadRequest, "invalid_grant", "refresh token revoked"), 1)
 	resp, err := api.Do(ctx, "POST", "/connections/sinacloud/"+conn+"/refresh", nil)
 	if err != nil {
@@ -259,10 +270,10 @@ func TestRetriesTheBrokers503s(t *testing.T) {
 	if err := api.Connect(ctx, devstack.OAuth2, conn); err != nil {
 		t.Fatal(err)
 	}
-	// The emulator's tokens live an hour: asking for two hours makes the
-	// broker refresh at the provider on every request, so each fault
+	// With the stored token expired, every request makes the broker ask
+	// the provider (there is nothing to serve meanwhile), so each fault
 	// injected there is one 503 from the broker.
-	const minTTL = 2 * time.Hour
+	const minTTL = time.Minute
 	for _, tc := range []struct {
 		name     string
 		faults   int
@@ -275,6 +286,7 @@ func TestRetriesTheBrokers503s(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, counter := newClient(t, local)
+			expireSoon(t, devstack.OAuth2, conn, -time.Minute)
 			calls := api.Stack.OAuth2.Calls("/token")
 			api.Stack.OAuth2.Inject("/token", emulator.HTMLError(http.StatusBadGateway), tc.faults)
 			tok, err := c.TokenSource(ctx, devstack.OAuth2, conn, minTTL).Token()
@@ -303,7 +315,8 @@ func TestBrokerErrorsAreNeverCached(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, counter := newClient(t, local)
-	ts := c.TokenSource(ctx, devstack.OAuth2, conn, 2*time.Hour)
+	ts := c.TokenSource(ctx, devstack.OAuth2, conn, time.Minute)
+	expireSoon(t, devstack.OAuth2, conn, -time.Minute)
 	// Five faults: the first call spends four (its retries) and fails; the
 	// next spends the fifth, retries, and gets a token.
 	api.Stack.OAuth2.Inject("/token", emulator.HTMLError(http.StatusBadGateway), 5)

@@ -15,10 +15,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
@@ -220,4 +223,33 @@ func (st *Stack) Close() {
 	if st.stopStandins != nil {
 		st.stopStandins()
 	}
+}
+
+// AgeConnection rewrites a stored connection's clock fields (never its
+// sealed tokens) so that its access token looks as if it expires in
+// expiresIn (negative: expired that long ago), with its refresh due and no
+// recent attempt: the next request that wants more than that must refresh.
+// The tokens at the provider are untouched, so what the broker then does
+// is real. table is the stack's own when empty.
+func (st *Stack) AgeConnection(ctx context.Context, table, provider, connection string, expiresIn time.Duration) error {
+	if table == "" {
+		table = st.Table
+	}
+	now := time.Now()
+	expires := now.Add(expiresIn)
+	num := func(v int64) types.AttributeValue {
+		return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+	}
+	_, err := localaws.DynamoDBClient(st.Endpoints.DynamoDB).UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:           aws.String(table),
+		Key:                 map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: "conn#" + provider + "#" + connection}},
+		UpdateExpression:    aws.String("SET expires_at = :e, refreshed_at = :r, refresh_at = :d, last_error_at = :l"),
+		ConditionExpression: aws.String("attribute_exists(pk)"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":e": num(expires.Unix()), ":r": num(expires.Add(-7 * 24 * time.Hour).Unix()),
+			":d": num(now.Add(-time.Second).Unix()), ":l": num(now.Add(-time.Hour).Unix())},
+	})
+	if err != nil {
+		return fmt.Errorf("devstack: age %s/%s: %w", provider, connection, err)
+	}
+	return nil
 }

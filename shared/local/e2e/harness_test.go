@@ -11,16 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"tokenbroker/shared/local/devstack"
 	"tokenbroker/shared/local/lambdarun"
@@ -318,28 +314,12 @@ func fns(t testing.TB) *functions {
 	return sharedFns
 }
 
-// ageConnection rewrites a stored connection's clock fields (not its
-// sealed tokens) so that its access token looks as if it expires in
-// expiresIn, with its refresh due and no recent attempt: the next request
-// that wants more than that must refresh. The tokens at the provider are
-// untouched, so what the broker then does is real.
+// ageConnection makes a stored connection's access token look as if it
+// expires in expiresIn (see devstack.Stack.AgeConnection).
 func ageConnection(t testing.TB, table, provider, connection string, expiresIn time.Duration) {
 	t.Helper()
-	now := time.Now()
-	expires := now.Add(expiresIn)
-	num := func(v int64) types.AttributeValue {
-		return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
-	}
-	_, err := localaws.DynamoDBClient(stack.Endpoints.DynamoDB).UpdateItem(context.Background(), &dynamodb.UpdateItemInput{
-		TableName:           aws.String(table),
-		Key:                 map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: "conn#" + provider + "#" + connection}},
-		UpdateExpression:    aws.String("SET expires_at = :e, refreshed_at = :r, refresh_at = :d, last_error_at = :l"),
-		ConditionExpression: aws.String("attribute_exists(pk)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":e": num(expires.Unix()), ":r": num(expires.Add(-7 * 24 * time.Hour).Unix()),
-			":d": num(now.Add(-time.Second).Unix()), ":l": num(now.Add(-time.Hour).Unix())},
-	})
-	if err != nil {
-		t.Fatalf("age %s/%s: %v", provider, connection, err)
+	if err := stack.AgeConnection(context.Background(), table, provider, connection, expiresIn); err != nil {
+		t.Fatal(err)
 	}
 }
 
