@@ -18,6 +18,7 @@ import (
 // Template is a parsed SAM template.
 type Template struct {
 	Parameters map[string]Parameter `yaml:"Parameters"`
+	Conditions map[string]yaml.Node `yaml:"Conditions"`
 	Resources  map[string]Resource  `yaml:"Resources"`
 	Globals    struct {
 		Function yaml.Node `yaml:"Function"`
@@ -26,10 +27,11 @@ type Template struct {
 
 // Parameter is one entry of Parameters; Default is as written.
 type Parameter struct {
-	Type     string   `yaml:"Type"`
-	Default  string   `yaml:"Default"`
-	MinValue *float64 `yaml:"MinValue"`
-	MaxValue *float64 `yaml:"MaxValue"`
+	Type          string   `yaml:"Type"`
+	Default       string   `yaml:"Default"`
+	MinValue      *float64 `yaml:"MinValue"`
+	MaxValue      *float64 `yaml:"MaxValue"`
+	AllowedValues []string `yaml:"AllowedValues"`
 }
 
 // Resource is one entry of Resources.
