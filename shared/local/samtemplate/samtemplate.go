@@ -293,7 +293,7 @@ func statement(n *yaml.Node) (Statement, error) {
 	}
 	if c := Lookup(n, "Condition"); c != nil {
 		if c.Kind != yaml.MappingNode {
-			return st, fmt.Errorf("Condition is not a mapping")
+			return st, fmt.Errorf("the Condition is not a mapping")
 		}
 		for i := 0; i+1 < len(c.Content); i += 2 {
 			op, keys := c.Content[i].Value, c.Content[i+1]
