@@ -10,7 +10,9 @@ import (
 )
 
 func main() {
-	b, log, err := setup.Broker(context.Background(), nil)
+	// Authorize only builds authorize URLs: it never reads a client secret,
+	// and its role in template.yaml may not.
+	b, log, err := setup.Broker(context.Background(), nil, setup.WithoutClientSecrets())
 	if err != nil {
 		setup.Fail(log, err)
 	}

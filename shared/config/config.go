@@ -11,12 +11,21 @@
 // One recursive, decrypted GetParametersByPath walk (every page) loads it
 // all. A missing or malformed parameter is an error that names it; one bad
 // provider does not hide the others.
+//
+// A loader with NoSecrets set never reads a client secret: it lists the
+// names under the prefix with DescribeParameters and reads only the
+// provider configs and the key ring, by name, with GetParameters. IAM
+// authorizes GetParametersByPath on the path, not on what the walk
+// returns, so a function that must not see client secrets (authorize,
+// which only builds authorize URLs) is granted GetParameters on exactly
+// those names and loads its configuration this way.
 package config
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +33,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"tokenbroker/shared/provider"
 	"tokenbroker/shared/sealing"
@@ -55,7 +65,18 @@ type SSM interface {
 	GetParametersByPath(ctx context.Context, in *ssm.GetParametersByPathInput, optFns ...func(*ssm.Options)) (*ssm.GetParametersByPathOutput, error)
 }
 
-// Provider is one provider's settings and secret.
+// NamedSSM is the part of the SDK client a loader without secrets uses:
+// it lists names and reads parameters by name. *ssm.Client satisfies it.
+type NamedSSM interface {
+	DescribeParameters(ctx context.Context, in *ssm.DescribeParametersInput, optFns ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error)
+	GetParameters(ctx context.Context, in *ssm.GetParametersInput, optFns ...func(*ssm.Options)) (*ssm.GetParametersOutput, error)
+}
+
+// getParametersBatch is the most names one GetParameters call accepts.
+const getParametersBatch = 10
+
+// Provider is one provider's settings and secret. Secret is empty when the
+// snapshot was loaded without secrets.
 type Provider struct {
 	Config provider.Config
 	Secret string
@@ -101,8 +122,14 @@ func (s *Snapshot) Ring() (*sealing.Ring, error) { return s.ring, s.ringErr }
 
 // Loader loads and caches snapshots. It is safe for concurrent use.
 type Loader struct {
-	SSM    SSM
-	Prefix string
+	// SSM reads everything under the prefix, client secrets included.
+	SSM SSM
+	// NoSecrets, when set, is used instead of SSM: the loader lists the
+	// names under the prefix and reads only {prefix}/providers/*/config and
+	// {prefix}/token-keys, never a client_secret. Every Provider then has
+	// an empty Secret, and a missing secret is not a problem.
+	NoSecrets NamedSSM
+	Prefix    string
 	// TTL is how long a snapshot serves; DefaultTTL when zero.
 	TTL time.Duration
 	// Now is the clock; time.Now when nil.
@@ -198,10 +225,25 @@ func (l *Loader) Provider(ctx context.Context, name string) (*Provider, error) {
 }
 
 func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
-	if l.SSM == nil {
+	root := l.prefix()
+	var params map[string]string
+	var err error
+	switch {
+	case l.NoSecrets != nil:
+		params, err = l.readWithoutSecrets(ctx, root)
+	case l.SSM != nil:
+		params, err = l.readAll(ctx, root)
+	default:
 		return nil, fmt.Errorf("%w: no SSM client", ErrInvalid)
 	}
-	root := l.prefix()
+	if err != nil {
+		return nil, err
+	}
+	return l.build(root, params, l.NoSecrets == nil), nil
+}
+
+// readAll is one recursive, decrypted GetParametersByPath walk.
+func (l *Loader) readAll(ctx context.Context, root string) (map[string]string, error) {
 	params := map[string]string{}
 	p := ssm.NewGetParametersByPathPaginator(l.SSM, &ssm.GetParametersByPathInput{
 		Path: aws.String(root), Recursive: aws.Bool(true), WithDecryption: aws.Bool(true),
@@ -215,6 +257,66 @@ func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
 			params[aws.ToString(prm.Name)] = aws.ToString(prm.Value)
 		}
 	}
+	return params, nil
+}
+
+// readWithoutSecrets lists the names under root and reads the provider
+// configs and the key ring by name, ten at a time. A client secret appears
+// in the result only by its name, with an empty value it was never read
+// for, so that a provider with a secret and no config is still reported.
+func (l *Loader) readWithoutSecrets(ctx context.Context, root string) (map[string]string, error) {
+	params := map[string]string{}
+	var wanted []string
+	p := ssm.NewDescribeParametersPaginator(l.NoSecrets, &ssm.DescribeParametersInput{
+		ParameterFilters: []types.ParameterStringFilter{{Key: aws.String("Path"), Option: aws.String("Recursive"), Values: []string{root}}},
+		MaxResults:       aws.Int32(50),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("config: list SSM parameters under %s: %w", root, err)
+		}
+		for _, md := range page.Parameters {
+			name := aws.ToString(md.Name)
+			switch _, leaf, ok := providerParameter(root, name); {
+			case name == root+"/token-keys", ok && leaf == "config":
+				wanted = append(wanted, name)
+			case ok && leaf == "client_secret":
+				params[name] = ""
+			}
+		}
+	}
+	sort.Strings(wanted)
+	for batch := range slices.Chunk(wanted, getParametersBatch) {
+		out, err := l.NoSecrets.GetParameters(ctx, &ssm.GetParametersInput{Names: batch, WithDecryption: aws.Bool(true)})
+		if err != nil {
+			return nil, fmt.Errorf("config: read SSM parameters %s: %w", strings.Join(batch, ", "), err)
+		}
+		// A name listed but gone by now (InvalidParameters) stays absent
+		// and is reported as missing, like any other missing parameter.
+		for _, prm := range out.Parameters {
+			params[aws.ToString(prm.Name)] = aws.ToString(prm.Value)
+		}
+	}
+	return params, nil
+}
+
+// providerParameter splits {root}/providers/{provider}/{leaf}.
+func providerParameter(root, name string) (prov, leaf string, ok bool) {
+	rest, ok := strings.CutPrefix(name, root+"/providers/")
+	if !ok {
+		return "", "", false
+	}
+	prov, leaf, ok = strings.Cut(rest, "/")
+	if !ok || prov == "" || strings.Contains(leaf, "/") {
+		return "", "", false
+	}
+	return prov, leaf, true
+}
+
+// build turns the parameters read into a snapshot. withSecrets: every
+// provider needs a non-empty client secret.
+func (l *Loader) build(root string, params map[string]string, withSecrets bool) *Snapshot {
 	snap := &Snapshot{providers: map[string]*Provider{}, problems: map[string]error{}, LoadedAt: l.now()}
 
 	keysName := root + "/token-keys"
@@ -228,14 +330,9 @@ func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
 
 	type parts struct{ config, secret *string }
 	found := map[string]*parts{}
-	provPrefix := root + "/providers/"
 	for name, value := range params {
-		rest, ok := strings.CutPrefix(name, provPrefix)
+		prov, leaf, ok := providerParameter(root, name)
 		if !ok {
-			continue
-		}
-		prov, leaf, ok := strings.Cut(rest, "/")
-		if !ok || strings.Contains(leaf, "/") {
 			continue
 		}
 		if found[prov] == nil {
@@ -249,6 +346,7 @@ func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
 			found[prov].secret = &v
 		}
 	}
+	provPrefix := root + "/providers/"
 	for prov, pp := range found {
 		cfgName := provPrefix + prov + "/config"
 		secretName := provPrefix + prov + "/client_secret"
@@ -256,7 +354,7 @@ func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
 		case pp.config == nil:
 			snap.problems[prov] = fmt.Errorf("%w: %s is missing", ErrInvalid, cfgName)
 			continue
-		case pp.secret == nil || strings.TrimSpace(*pp.secret) == "":
+		case withSecrets && (pp.secret == nil || strings.TrimSpace(*pp.secret) == ""):
 			snap.problems[prov] = fmt.Errorf("%w: %s is missing or empty", ErrInvalid, secretName)
 			continue
 		}
@@ -265,7 +363,11 @@ func (l *Loader) load(ctx context.Context) (*Snapshot, error) {
 			snap.problems[prov] = fmt.Errorf("%w: %s: %v", ErrInvalid, cfgName, err)
 			continue
 		}
-		snap.providers[prov] = &Provider{Config: cfg, Secret: strings.TrimSpace(*pp.secret)}
+		secret := ""
+		if withSecrets {
+			secret = strings.TrimSpace(*pp.secret)
+		}
+		snap.providers[prov] = &Provider{Config: cfg, Secret: secret}
 	}
-	return snap, nil
+	return snap
 }

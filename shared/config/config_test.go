@@ -1,12 +1,17 @@
 package config_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,5 +150,184 @@ func TestMissingKeyRingAndSSMFailure(t *testing.T) {
 	now = now.Add(time.Minute)
 	if p, err := l2.Provider(context.Background(), "a"); err != nil || p.Config.Kind != "wechat_mp" {
 		t.Fatalf("stale snapshot not served during SSM failure: %v", err)
+	}
+}
+
+// recorder is an http.RoundTripper that keeps every request's operation
+// (X-Amz-Target) and body, so a test sees exactly what was asked of SSM.
+type recorder struct {
+	mu       sync.Mutex
+	requests []recorded
+}
+
+type recorded struct{ target, body string }
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		req.Body.Close()
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	r.mu.Lock()
+	r.requests = append(r.requests, recorded{target: req.Header.Get("X-Amz-Target"), body: string(body)})
+	r.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// namedFunc is a NamedSSM made of functions.
+type namedFunc struct {
+	describe func(context.Context, *ssm.DescribeParametersInput, ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error)
+	get      func(context.Context, *ssm.GetParametersInput, ...func(*ssm.Options)) (*ssm.GetParametersOutput, error)
+}
+
+func (f namedFunc) DescribeParameters(ctx context.Context, in *ssm.DescribeParametersInput, o ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error) {
+	return f.describe(ctx, in, o...)
+}
+
+func (f namedFunc) GetParameters(ctx context.Context, in *ssm.GetParametersInput, o ...func(*ssm.Options)) (*ssm.GetParametersOutput, error) {
+	return f.get(ctx, in, o...)
+}
+
+func TestLoadsWithoutEverAskingForASecret(t *testing.T) {
+	seed := localaws.SSMClient(endpoints.SSM)
+	prefix := "/" + localaws.UniqueName("cfg")
+	var configs []string
+	for i := 0; i < 14; i++ {
+		name := fmt.Sprintf("gh%02d", i)
+		put(t, seed, prefix+"/providers/"+name+"/config", `{"preset":"github","client_id":"id-`+name+`"}`, false)
+		put(t, seed, prefix+"/providers/"+name+"/client_secret", "secret-"+name, true)
+		configs = append(configs, prefix+"/providers/"+name+"/config")
+	}
+	// Without secrets, a provider with no secret is usable (authorize
+	// needs none); one with no config or a broken one is still reported.
+	put(t, seed, prefix+"/providers/nosecret/config", `{"kind":"wechat_oauth","client_id":"wx-nosecret"}`, false)
+	put(t, seed, prefix+"/providers/noconfig/client_secret", "s", true)
+	put(t, seed, prefix+"/providers/broken/config", `{"preset":"github","client_id":`, false)
+	put(t, seed, prefix+"/providers/broken/client_secret", "s", true)
+	put(t, seed, prefix+"/token-keys", ring, true)
+	// Neither of these is read: another leaf, and a parameter of a
+	// sibling prefix that merely starts with the same characters.
+	put(t, seed, prefix+"/providers/gh00/notes", "n", false)
+	put(t, seed, prefix+"x/providers/other/config", `{"preset":"github","client_id":"other"}`, false)
+	configs = append(configs, prefix+"/providers/nosecret/config", prefix+"/providers/broken/config", prefix+"/token-keys")
+
+	rec := &recorder{}
+	client := ssm.NewFromConfig(localaws.Config(), func(o *ssm.Options) {
+		o.BaseEndpoint = aws.String(endpoints.SSM)
+		o.HTTPClient = &http.Client{Transport: rec}
+	})
+	var batches [][]string
+	named := namedFunc{describe: client.DescribeParameters, get: func(ctx context.Context, in *ssm.GetParametersInput, o ...func(*ssm.Options)) (*ssm.GetParametersOutput, error) {
+		batches = append(batches, slices.Clone(in.Names))
+		return client.GetParameters(ctx, in, o...)
+	}}
+	snap, err := (&config.Loader{NoSecrets: named, Prefix: prefix}).Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if got := snap.Names(); len(got) != 15 || !slices.Contains(got, "nosecret") || slices.Contains(got, "other") {
+		t.Fatalf("loaded %v, want gh00…gh13 and nosecret", got)
+	}
+	for _, name := range snap.Names() {
+		p, _ := snap.Provider(name)
+		if p.Secret != "" || p.Config.ClientID == "" {
+			t.Errorf("%s: secret %q, client id %q; want no secret and its config", name, p.Secret, p.Config.ClientID)
+		}
+	}
+	for name, wantParam := range map[string]string{
+		"noconfig": prefix + "/providers/noconfig/config",
+		"broken":   prefix + "/providers/broken/config",
+	} {
+		if _, err := snap.Provider(name); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), wantParam) {
+			t.Errorf("%s: %v, want ErrInvalid naming %s", name, err, wantParam)
+		}
+	}
+	if r, err := snap.Ring(); err != nil || r.Active() != "k1" {
+		t.Fatalf("ring: %v", err)
+	}
+
+	// What was asked of SSM: names, then exactly the configs and the ring,
+	// ten at a time; never a path walk, never a client secret.
+	var asked []string
+	for _, b := range batches {
+		if len(b) > 10 {
+			t.Errorf("GetParameters with %d names; the API takes at most 10", len(b))
+		}
+		asked = append(asked, b...)
+	}
+	slices.Sort(asked)
+	slices.Sort(configs)
+	if !slices.Equal(asked, configs) {
+		t.Errorf("read %v\nwant %v", asked, configs)
+	}
+	if len(batches) != 2 {
+		t.Errorf("%d GetParameters calls for %d names, want 2", len(batches), len(configs))
+	}
+	described, got := 0, 0
+	for _, r := range rec.requests {
+		switch r.target {
+		case "AmazonSSM.DescribeParameters":
+			described++
+		case "AmazonSSM.GetParameters":
+			got++
+			// The recorder sees the names on the wire (so the check
+			// below is not vacuous).
+			if !strings.Contains(r.body, "/config") && !strings.Contains(r.body, "/token-keys") {
+				t.Errorf("GetParameters body without the names it reads: %s", r.body)
+			}
+		default:
+			t.Errorf("request %s: only DescribeParameters and GetParameters are allowed", r.target)
+		}
+		if strings.Contains(r.body, "client_secret") {
+			t.Errorf("request %s names a client secret: %s", r.target, r.body)
+		}
+	}
+	if described == 0 || got != len(batches) {
+		t.Errorf("%d DescribeParameters and %d GetParameters requests on the wire", described, got)
+	}
+}
+
+func TestLoadWithoutSecretsFailures(t *testing.T) {
+	prefix := "/tb"
+	list := func(names ...string) func(context.Context, *ssm.DescribeParametersInput, ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error) {
+		return func(context.Context, *ssm.DescribeParametersInput, ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error) {
+			out := &ssm.DescribeParametersOutput{}
+			for _, n := range names {
+				out.Parameters = append(out.Parameters, ssmtypes.ParameterMetadata{Name: aws.String(n)})
+			}
+			return out, nil
+		}
+	}
+	// Parameters listed but deleted before they were read count as absent:
+	// the ring is reported missing, the provider is unknown.
+	vanished := namedFunc{describe: list(prefix+"/providers/a/config", prefix+"/token-keys"),
+		get: func(_ context.Context, in *ssm.GetParametersInput, _ ...func(*ssm.Options)) (*ssm.GetParametersOutput, error) {
+			return &ssm.GetParametersOutput{InvalidParameters: in.Names}, nil
+		}}
+	snap, err := (&config.Loader{NoSecrets: vanished, Prefix: prefix}).Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snap.Ring(); !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("vanished ring: %v", err)
+	}
+	if len(snap.Names()) != 0 {
+		t.Errorf("providers %v from parameters that were never read", snap.Names())
+	}
+	// A refused read fails the load, naming what it asked for.
+	refused := namedFunc{describe: list(prefix + "/token-keys"),
+		get: func(context.Context, *ssm.GetParametersInput, ...func(*ssm.Options)) (*ssm.GetParametersOutput, error) {
+			return nil, errors.New("AccessDeniedException")
+		}}
+	if _, err := (&config.Loader{NoSecrets: refused, Prefix: prefix}).Snapshot(context.Background()); err == nil || !strings.Contains(err.Error(), prefix+"/token-keys") {
+		t.Errorf("refused read: %v", err)
+	}
+	failing := namedFunc{describe: func(context.Context, *ssm.DescribeParametersInput, ...func(*ssm.Options)) (*ssm.DescribeParametersOutput, error) {
+		return nil, errors.New("throttled")
+	}}
+	if _, err := (&config.Loader{NoSecrets: failing, Prefix: prefix}).Snapshot(context.Background()); err == nil {
+		t.Error("a failed listing loaded a snapshot")
 	}
 }

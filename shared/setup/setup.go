@@ -35,9 +35,29 @@ import (
 // Env reads a variable; tests pass a map's lookup.
 type Env func(string) (string, bool)
 
+// Option changes what Broker builds.
+type Option func(*options)
+
+type options struct {
+	withoutClientSecrets bool
+}
+
+// WithoutClientSecrets builds a broker whose configuration never reads a
+// client secret (config.Loader.NoSecrets): provider configs and the key
+// ring are read by name, and every provider's secret is empty. It is for
+// the authorize function, which only builds authorize URLs and stores
+// states, and whose role in template.yaml may not read the secrets.
+func WithoutClientSecrets() Option {
+	return func(o *options) { o.withoutClientSecrets = true }
+}
+
 // Broker builds a broker and its logger from the environment. A missing
 // TABLE_NAME or a malformed number is an error naming the variable.
-func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) {
+func Broker(ctx context.Context, env Env, opts ...Option) (*broker.Broker, *slog.Logger, error) {
+	var want options
+	for _, opt := range opts {
+		opt(&want)
+	}
 	if env == nil {
 		env = os.LookupEnv
 	}
@@ -85,11 +105,14 @@ func Broker(ctx context.Context, env Env) (*broker.Broker, *slog.Logger, error) 
 			allow = append(allow, o)
 		}
 	}
+	parameters := ssm.NewFromConfig(cfg, func(o *ssm.Options) { o.BaseEndpoint = endpoint(get, "SSM") })
+	loader := &config.Loader{SSM: parameters, Prefix: get("SSM_PREFIX", config.DefaultPrefix)}
+	if want.withoutClientSecrets {
+		loader = &config.Loader{NoSecrets: parameters, Prefix: loader.Prefix}
+	}
 	b := &broker.Broker{
-		Store: &store.Store{DB: DynamoDB(cfg, endpoint(get, "DYNAMODB")), Table: table, Shards: shards},
-		Config: &config.Loader{SSM: ssm.NewFromConfig(cfg, func(o *ssm.Options) {
-			o.BaseEndpoint = endpoint(get, "SSM")
-		}), Prefix: get("SSM_PREFIX", config.DefaultPrefix)},
+		Store:   &store.Store{DB: DynamoDB(cfg, endpoint(get, "DYNAMODB")), Table: table, Shards: shards},
+		Config:  loader,
 		HTTP:    &http.Client{Timeout: provider.DefaultTimeout},
 		Log:     log,
 		Metrics: &telemetry.Metrics{W: os.Stdout},

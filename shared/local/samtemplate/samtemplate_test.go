@@ -1,6 +1,7 @@
 package samtemplate_test
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -40,5 +41,12 @@ func TestReadsTheProjectTemplate(t *testing.T) {
 	env, _ := tpl.FunctionSetting("TokenFunction", "Environment")
 	if ref, ok := samtemplate.Ref(samtemplate.Lookup(env, "Variables", "TABLE_NAME")); !ok || ref != "TokenTable" {
 		t.Errorf("TABLE_NAME ref %q %v", ref, ok)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,18 +137,71 @@ wait:
 	if err == nil || !strings.Contains(string(out), "already in use") {
 		t.Fatalf("second make dev: %v %s", err, out)
 	}
+	// Beyond loopback only when asked, never on every interface; both
+	// refusals come before anything starts.
+	for _, args := range [][]string{{"-addr", "192.0.2.1:" + strconv.Itoa(port)}, {"-addr", "0.0.0.0:" + strconv.Itoa(port), "-expose"}} {
+		refused := exec.Command(bin, args...)
+		refused.Dir = root
+		out, err := refused.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "make dev: -addr") {
+			t.Fatalf("make dev %v: %v %s", args, err, out)
+		}
+	}
 
-	// The connect flow, as a browser follows it.
+	// The connect flow, as a browser follows it, from the one-time link
+	// make dev printed.
+	link := regexp.MustCompile(regexp.QuoteMeta(base+"/dev/connect/wechat-web/demo?once=") + `[0-9a-f]{32}`).FindString(all)
+	if link == "" {
+		t.Fatalf("no one-time link for wechat-web in:\n%s", all)
+	}
 	jar, _ := cookiejar.New(nil)
 	browser := &http.Client{Jar: jar, Timeout: 20 * time.Second}
-	resp, err := browser.Get(base + "/dev/connect/wechat-web/demo")
-	if err != nil {
-		t.Fatal(err)
+	connect := func(req *http.Request) (int, string) {
+		t.Helper()
+		resp, err := browser.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(page)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(page), "is connected") {
-		t.Fatalf("connect flow ended with %d: %s", resp.StatusCode, page)
+	get := func(url string) *http.Request { req, _ := http.NewRequest("GET", url, nil); return req }
+	if code, page := connect(get(link)); code != 200 || !strings.Contains(page, "is connected") {
+		t.Fatalf("connect flow ended with %d: %s", code, page)
+	}
+	// The link is spent; without a token there is no flow either.
+	for _, url := range []string{link, base + "/dev/connect/wechat-web/demo"} {
+		if code, _ := connect(get(url)); code != http.StatusForbidden {
+			t.Fatalf("GET %s: %d, want 403", url, code)
+		}
+	}
+	// The connect page's form: a same-origin POST works, any number of
+	// times; one from another site does not.
+	if code, page := connect(get(base + "/dev/")); code != 200 || !strings.Contains(page, `<form method="post" action="/dev/connect/wechat-web/demo">`) {
+		t.Fatalf("connect page %d: %s", code, page)
+	}
+	post := func(site, origin string) *http.Request {
+		req, _ := http.NewRequest("POST", base+"/dev/connect/wechat-web/demo", nil)
+		req.Header.Set("Sec-Fetch-Site", site)
+		req.Header.Set("Origin", origin)
+		return req
+	}
+	for range 2 {
+		if code, page := connect(post("same-origin", base)); code != 200 || !strings.Contains(page, "is connected") {
+			t.Fatalf("same-origin form POST ended with %d: %s", code, page)
+		}
+	}
+	if code, _ := connect(post("cross-site", "http://evil.example")); code != http.StatusForbidden {
+		t.Fatalf("cross-site POST: %d, want 403", code)
+	}
+	// Any request naming another host (a DNS-rebound page) is refused.
+	for _, path := range []string{"/connections/wechat-web/demo/token", "/dev/"} {
+		req := get(base + path)
+		req.Host = "rebound.example:" + strconv.Itoa(port)
+		if code, _ := connect(req); code != http.StatusMisdirectedRequest {
+			t.Fatalf("Host %s on %s: %d, want 421", req.Host, path, code)
+		}
 	}
 
 	// The token, with a request signed as local:local, the credentials make dev prints.
@@ -157,7 +211,7 @@ wait:
 		req, hex.EncodeToString(empty[:]), "execute-api", "us-east-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err = http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,12 @@
 // and runs them under the Runtime API runner behind a local API Gateway on
 // http://127.0.0.1:3000, runs the refresher every minute, and prints what to
 // open and what to curl. Ctrl-C stops everything it started.
+//
+// It serves tokens to anyone who can sign with the printed local:local, so
+// it keeps to this machine and to its own pages: it listens on loopback
+// unless -expose says otherwise (with a warning), answers only requests
+// whose Host names it (DNS rebinding), and its connect helper starts a flow
+// only from a same-origin form or a one-time link printed at start.
 package main
 
 import (
@@ -39,9 +45,18 @@ var functions = map[string]string{
 }
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:3000", "where the local API listens")
+	addr := flag.String("addr", "127.0.0.1:3000", "where the local API listens (a loopback address unless -expose)")
+	expose := flag.Bool("expose", false, "allow -addr to be a non-loopback address: anyone who reaches it can read the tokens")
 	tick := flag.Duration("refresh-every", time.Minute, "how often the refresher runs")
 	flag.Parse()
+	warning, err := devfront.CheckListenAddr(*addr, *expose)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "make dev:", err)
+		os.Exit(1)
+	}
+	if warning != "" {
+		fmt.Fprintln(os.Stderr, warning)
+	}
 	if err := run(*addr, *tick); err != nil {
 		fmt.Fprintln(os.Stderr, "make dev:", err)
 		os.Exit(1)
@@ -147,15 +162,35 @@ func run(addr string, tick time.Duration) error {
 	// IAM routes verify SigV4 against the one local identity the curl lines use.
 	front := &devfront.Front{Routes: routes, Invoke: invoke, Domain: listener.Addr().String(),
 		Credentials: []aws.Credentials{devfront.DefaultCredentials}}
+	hosts := devfront.AllowedHosts(listener.Addr().String(), addr)
+	gate := &devfront.ConnectGate{}
+	for _, h := range hosts {
+		gate.Origins = append(gate.Origins, "http://"+h)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", front)
-	mux.HandleFunc("GET /dev/connect/{provider}/{connection}", func(w http.ResponseWriter, r *http.Request) {
+	connect := func(w http.ResponseWriter, r *http.Request) {
+		if !gate.Allow(r) {
+			refusedPage(w)
+			return
+		}
 		connectHelper(w, r, invoke, base)
+	}
+	mux.HandleFunc("GET /dev/connect/{provider}/{connection}", connect)
+	mux.HandleFunc("POST /dev/connect/{provider}/{connection}", connect)
+	mux.HandleFunc("GET /dev/{$}", func(w http.ResponseWriter, r *http.Request) {
+		indexPage(w)
 	})
 	mux.HandleFunc("GET /dev/connected", func(w http.ResponseWriter, r *http.Request) {
 		connectedPage(w, r, base)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	links := map[string]string{}
+	for _, p := range demoUserProviders {
+		if links[p], err = gate.Link("/dev/connect/" + p + "/demo"); err != nil {
+			return err
+		}
+	}
+	srv := &http.Server{Handler: devfront.HostGuard(hosts, mux), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(listener) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -164,7 +199,7 @@ func run(addr string, tick time.Duration) error {
 	}()
 
 	go refresher(ctx, pools["RefresherFunction"], tick)
-	printTryIt(base, stack, logPath)
+	printTryIt(base, stack, logPath, links)
 	<-ctx.Done()
 	fmt.Println("\nstopping: the local API, the functions, the emulators, moto and DynamoDB Local")
 	return nil
@@ -194,8 +229,43 @@ func refresher(ctx context.Context, p pool, every time.Duration) {
 	}
 }
 
+// demoUserProviders are the seeded providers with a user to connect.
+var demoUserProviders = []string{devstack.WeChatWeb, devstack.SinaCloud, devstack.OAuth2}
+
+// localPage sets what every page of make dev's own sends: no framing by
+// another site (a hidden frame could make a user click a connect button),
+// no Referer carrying a one-time link's token onwards, HTML.
+func localPage(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	w.Header().Set("Cache-Control", "no-store")
+}
+
+// indexPage offers a connect button per demo provider: a same-origin form
+// POST, which the connect gate accepts any number of times.
+func indexPage(w http.ResponseWriter) {
+	localPage(w)
+	page := "<!doctype html><title>tokenbroker make dev</title><h1>Connect a demo user</h1>"
+	for _, p := range demoUserProviders {
+		page += `<form method="post" action="/dev/connect/` + html.EscapeString(p) + `/demo"><button>Connect ` + html.EscapeString(p) + ` / demo</button></form>`
+	}
+	_, _ = io.WriteString(w, page)
+}
+
+// refusedPage answers a connect request that is neither a same-origin form
+// POST nor a one-time link not used before.
+func refusedPage(w http.ResponseWriter) {
+	localPage(w)
+	w.WriteHeader(http.StatusForbidden)
+	_, _ = io.WriteString(w, `<!doctype html><title>not allowed</title><h1>This link does not start a connection</h1>`+
+		`<p>Each link make dev printed works once. Start again from <a href="/dev/">the connect page</a>.</p>`)
+}
+
 // connectHelper lets a browser start a connect flow: it calls the
 // authorize function as an IAM caller would and redirects to the provider.
+// The connect gate has already decided that the request may.
 func connectHelper(w http.ResponseWriter, r *http.Request, invoke devfront.Invoker, base string) {
 	prov, conn := r.PathValue("provider"), r.PathValue("connection")
 	body, _ := json.Marshal(map[string]any{"return_to": base + "/dev/connected"})
@@ -222,7 +292,7 @@ func connectHelper(w http.ResponseWriter, r *http.Request, invoke devfront.Invok
 		_ = json.Unmarshal([]byte(resp.Body), &answer)
 	}
 	if err != nil || resp.StatusCode != http.StatusOK {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		localPage(w)
 		w.WriteHeader(http.StatusBadRequest)
 		msg := answer.Message
 		if err != nil {
@@ -231,13 +301,14 @@ func connectHelper(w http.ResponseWriter, r *http.Request, invoke devfront.Invok
 		_, _ = io.WriteString(w, "<!doctype html><title>cannot connect</title><h1>Cannot start the authorization</h1><p>"+html.EscapeString(msg)+"</p>")
 		return
 	}
-	http.Redirect(w, r, answer.AuthorizeURL, http.StatusFound)
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	http.Redirect(w, r, answer.AuthorizeURL, http.StatusSeeOther)
 }
 
 func connectedPage(w http.ResponseWriter, r *http.Request, base string) {
 	q := r.URL.Query()
 	prov, conn, status := q.Get("provider"), q.Get("connection"), q.Get("status")
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	localPage(w)
 	if status != "connected" {
 		w.WriteHeader(http.StatusBadRequest)
 		_, _ = io.WriteString(w, "<!doctype html><title>not connected</title><h1>Not connected</h1><p>"+
@@ -246,7 +317,7 @@ func connectedPage(w http.ResponseWriter, r *http.Request, base string) {
 	}
 	curl := curlLine(base, prov, conn)
 	_, _ = io.WriteString(w, "<!doctype html><title>connected</title><h1>"+html.EscapeString(prov+" / "+conn)+" is connected</h1>"+
-		"<p>Fetch its token:</p><pre>"+html.EscapeString(curl)+"</pre>")
+		"<p>Fetch its token:</p><pre>"+html.EscapeString(curl)+"</pre><p><a href=\"/dev/\">Connect another</a></p>")
 }
 
 func curlLine(base, prov, conn string) string {
@@ -255,14 +326,15 @@ func curlLine(base, prov, conn string) string {
 		devfront.DefaultRegion, creds.AccessKeyID, creds.SecretAccessKey, base, prov, conn)
 }
 
-func printTryIt(base string, stack *devstack.Stack, logPath string) {
+func printTryIt(base string, stack *devstack.Stack, logPath string, links map[string]string) {
 	fmt.Printf(`
 tokenbroker is running at %[1]s  (Ctrl-C stops everything)
 
-Connect a user (open in a browser; the emulated provider consents at once):
-  WeChat web   %[1]s/dev/connect/%[2]s/demo
-  SinaCloud    %[1]s/dev/connect/%[3]s/demo
-  OAuth2       %[1]s/dev/connect/%[4]s/demo
+Connect a user (open in a browser; the emulated provider consents at once;
+each link works once, then use %[1]s/dev/):
+  WeChat web   %[1]s%[2]s
+  SinaCloud    %[1]s%[3]s
+  OAuth2       %[1]s%[4]s
 
 Then fetch the token (signed as local:local; unsigned gets 401, wrongly signed 403):
   %[5]s
@@ -274,7 +346,7 @@ Status, refresh, delete:  GET|POST …/refresh|DELETE %[1]s/connections/{provide
 Function logs:            %[7]s
 Emulators:                WeChat %[8]s  SinaCloud %[9]s  OAuth2 %[10]s
 The refresher runs every minute and prints its summary here.
-`, base, devstack.WeChatWeb, devstack.SinaCloud, devstack.OAuth2,
+`, base, links[devstack.WeChatWeb], links[devstack.SinaCloud], links[devstack.OAuth2],
 		curlLine(base, devstack.WeChatWeb, "demo"), curlLine(base, devstack.WeChatMP, "app"), logPath,
 		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"])
 }
