@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"tokenbroker/shared/local/apispec"
 	"tokenbroker/shared/local/devstack"
 	"tokenbroker/shared/local/lambdarun"
 	"tokenbroker/shared/local/localaws"
@@ -30,6 +32,10 @@ var (
 	stack      *devstack.Stack
 	bootstraps = map[string]string{}
 	logs       = &syncBuffer{}
+	// contract is openapi.yaml; invoke checks every answer against it and
+	// counts the valid ones in checked.
+	contract *apispec.Spec
+	checked  apispec.Tally
 )
 
 // syncBuffer collects every function's output, to check log lines.
@@ -86,6 +92,9 @@ func run(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if contract, err = apispec.Load(filepath.Join(root, "openapi.yaml")); err != nil {
+		return 0, err
+	}
 	dir, err := os.MkdirTemp("", "tokenbroker-e2e-")
 	if err != nil {
 		return 0, err
@@ -110,6 +119,17 @@ func run(m *testing.M) (int, error) {
 	defer stack.Close()
 	code := m.Run()
 	closeRunners()
+	routes := contract.Routes()
+	fmt.Println(checked.Summary(routes))
+	// Only a run of every test must have seen every route: -run or -skip
+	// choose some tests, and then some routes are not called at all.
+	if missing := checked.Missing(routes); len(missing) > 0 && flag.Lookup("test.run").Value.String() == "" &&
+		flag.Lookup("test.skip").Value.String() == "" {
+		fmt.Fprintf(os.Stderr, "e2e: no answer of %s was checked against openapi.yaml; a test must call each route\n", strings.Join(missing, ", "))
+		if code == 0 {
+			code = 1
+		}
+	}
 	return code, nil
 }
 
@@ -166,8 +186,9 @@ type request struct {
 	headers      map[string]string
 }
 
-// event builds a payload 2.0 event as API Gateway sends it.
-func (rq request) event() []byte {
+// route is the route key API Gateway matches rq to (its routeKey) and
+// the path parameters it passes.
+func (rq request) route() (string, map[string]string) {
 	segs := strings.Split(strings.Trim(rq.path, "/"), "/")
 	params := map[string]string{}
 	route := rq.method + " " + rq.path
@@ -175,6 +196,9 @@ func (rq request) event() []byte {
 	case segs[0] == "callback" && len(segs) == 2:
 		params["provider"] = segs[1]
 		route = "GET /callback/{provider}"
+	case segs[0] == "connections" && len(segs) == 2:
+		params["provider"] = segs[1]
+		route = rq.method + " /connections/{provider}"
 	case segs[0] == "connections" && len(segs) >= 3:
 		params["provider"], params["connection"] = segs[1], segs[2]
 		route = rq.method + " /connections/{provider}/{connection}"
@@ -182,6 +206,12 @@ func (rq request) event() []byte {
 			route += "/" + segs[3]
 		}
 	}
+	return route, params
+}
+
+// event builds a payload 2.0 event as API Gateway sends it.
+func (rq request) event() []byte {
+	route, params := rq.route()
 	qs := map[string]string{}
 	if parsed, err := url.ParseQuery(rq.query); err == nil {
 		for k := range parsed {
@@ -225,6 +255,14 @@ func invoke(t testing.TB, r *lambdarun.Runner, rq request) response {
 	var resp response
 	if err := json.Unmarshal(out, &resp.APIGatewayV2HTTPResponse); err != nil {
 		t.Fatalf("%s %s: response is not an HTTP API response: %s", rq.method, rq.path, out)
+	}
+	// Every answer a function gives must be one openapi.yaml allows. A
+	// function error (a killed sandbox) never gets here: Invoke returned it.
+	route, _ := rq.route()
+	if err := contract.CheckAnswer(route, resp.APIGatewayV2HTTPResponse); err != nil {
+		t.Errorf("%s %s: the answer breaks openapi.yaml: %v", rq.method, rq.path, err)
+	} else {
+		checked.Add(route, resp.StatusCode)
 	}
 	if strings.HasPrefix(resp.Headers["Content-Type"], "application/json") && resp.Body != "" {
 		if err := json.Unmarshal([]byte(resp.Body), &resp.json); err != nil {
