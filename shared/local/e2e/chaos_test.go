@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-lambda-go/events"
+
 	"tokenbroker/shared/broker"
 	"tokenbroker/shared/config"
 	"tokenbroker/shared/local/ddbfault"
@@ -156,11 +158,14 @@ func TestChaosKilledProcessesNeverLoseAGrantSilently(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				var resp struct {
-					StatusCode int    `json:"statusCode"`
-					Body       string `json:"body"`
-				}
+				var resp events.APIGatewayV2HTTPResponse
 				_ = json.Unmarshal(out, &resp)
+				route, _ := rq.route()
+				if err := contract.CheckAnswer(route, resp); err != nil {
+					unexpected.Store(resp.StatusCode, "breaks openapi.yaml: "+err.Error())
+				} else {
+					checked.Add(route, resp.StatusCode)
+				}
 				switch resp.StatusCode {
 				case 200:
 					served.Add(1)
