@@ -40,7 +40,7 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 		if err := b.durably(ctx, hold, b.releaseWrite(e, c)); err != nil {
 			b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
 		}
-		return nil, Errorf(CodeProviderUnavailable, "too little time is left to refresh %s safely; try again", c.Key)
+		return nil, wrap(CodeProviderUnavailable, errNoTime, "too little time is left to refresh %s safely; try again", c.Key)
 	}
 	// The call is detached from the caller's cancellation (a request given
 	// up half way must not cut a rotation in half) and bounded so that the
@@ -154,6 +154,10 @@ func clipUTF8(s string, n int) string {
 	}
 	return s
 }
+
+// errNoTime is a refresh given up before the provider call because the
+// holder's time no longer covered it.
+var errNoTime = errors.New("broker: too little time left for the provider call and its commit")
 
 // releaseWrite gives c's lease back unused.
 func (b *Broker) releaseWrite(e *env, c *store.Connection) *store.Write {

@@ -290,6 +290,8 @@ func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Tim
 	switch {
 	case errors.As(err, &moved):
 		return outcomeStale
+	case errors.Is(err, errNoTime):
+		return outcomeNotStarted
 	case err == nil && after.RefreshDenied != "":
 		return outcomeNotPermitted
 	case err == nil:

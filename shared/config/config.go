@@ -171,20 +171,7 @@ func (l *Loader) Snapshot(ctx context.Context) (*Snapshot, error) {
 	if l.snap != nil && now.Before(l.nextLoad) {
 		return l.snap, nil
 	}
-	snap, err := l.load(ctx)
-	if err != nil {
-		if l.snap != nil && now.Sub(l.snap.LoadedAt) < maxStale {
-			l.nextLoad = now.Add(retryAfterFailure)
-			return l.snap, nil
-		}
-		return nil, err
-	}
-	ttl := l.TTL
-	if ttl <= 0 {
-		ttl = DefaultTTL
-	}
-	l.snap, l.nextLoad = snap, now.Add(ttl)
-	return snap, nil
+	return l.refresh(ctx, now, l.snap != nil && now.Sub(l.snap.LoadedAt) < maxStale)
 }
 
 // Reload loads a fresh snapshot now, whatever the cached one's age: the
@@ -200,9 +187,17 @@ func (l *Loader) Reload(ctx context.Context) (*Snapshot, error) {
 		return l.snap, nil
 	}
 	l.lastForced = now
+	return l.refresh(ctx, now, l.snap != nil)
+}
+
+// refresh loads a snapshot and caches it for the TTL. When the load fails
+// and keepOld, the cached snapshot keeps serving and the load is tried
+// again soon. l.mu is held.
+func (l *Loader) refresh(ctx context.Context, now time.Time, keepOld bool) (*Snapshot, error) {
 	snap, err := l.load(ctx)
 	if err != nil {
-		if l.snap != nil {
+		if keepOld {
+			l.nextLoad = now.Add(retryAfterFailure)
 			return l.snap, nil
 		}
 		return nil, err
