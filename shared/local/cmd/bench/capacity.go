@@ -161,10 +161,11 @@ requests, and the refresher-duration alarm fires. What to turn, in order:
   stable_token allows 10,000 calls a minute per app, cgi-bin/token 2,000 a
   day; OAuth providers publish per-app limits. A tighter limit caps N
   whatever the refresher does; lower PROVIDER_CONCURRENCY to stay under it.
-- **DUE_SHARDS** (DueShards): partitions of the due index, queried in
-  parallel. Raise it (never lower it) when one tick's due set runs into
-  the thousands, so no single partition is hot and reading the due set
-  stays a small part of T − m.
+- **DUE_SHARDS** (DueShards): how many partitions of each provider's part
+  of the due index a connection is filed under (each provider is read by
+  its own reader, every partition up to 64 whatever the setting, so it can
+  be changed either way). Raise it when one provider's due set runs into
+  the thousands, so that no single partition is hot.
 - **Fan out**: past one tick's C, the design splits the work, not the
   tick: one refresher invocation per due shard (a dispatcher on the
   schedule invoking the refresher asynchronously with its shard range),

@@ -81,11 +81,11 @@ func benchRefresher(ctx context.Context, e *benchEnv, rep *report, quick bool) e
 	}
 	rep.add("3. Refresher", fmt.Sprintf(`
 One refresher tick over %d due SinaCloud connections (8 due-index shards,
-queried in parallel with pagination), the emulator answering every refresh
+each provider read by its own reader, page by page), the emulator answering every refresh
 after %v. The provider-bound limit is concurrency / latency. DynamoDB calls
 are counted by a wrapper around the SDK client: per refresh, one
 conditional UpdateItem (the lease) and one conditional PutItem (the commit);
-the due index's projection carries the item, so no extra read.
+the lease write returns the item as it stands, so no extra read.
 
 | concurrency | connections | time per tick | refreshes/s | provider-bound limit | of the limit | UpdateItem/refresh | PutItem/refresh | GetItem/refresh | Query pages (total) |
 |---|---|---|---|---|---|---|---|---|---|

@@ -185,7 +185,9 @@ func benchStampede(ctx context.Context, e *benchEnv, rep *report, quick bool) er
 N callers ask at once for one expired SinaCloud token (single-use refresh
 tokens). In-process rows: %d repetitions each, worst count and median
 latency; DynamoDB writes are counted by a wrapper around the SDK client
-(the lease, the commit; callers that lose the lease only read).
+(the lease and the commit, plus one refused conditional write for each
+caller that tried to take the lease in the moment another took it; the
+others see it taken and only read).
 
 | callers | provider calls | refresh-token reuses | failed callers | distinct tokens handed out | p50 | p99 | DynamoDB writes |
 |---|---|---|---|---|---|---|---|
