@@ -168,8 +168,8 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 		}
 		conn.ExpiresAt = now.Add(time.Duration(*req.ExpiresIn) * time.Second)
 	case req.ExpiresAt != nil:
-		if req.ExpiresAt.After(now.Add(10 * 365 * 24 * time.Hour)) {
-			return nil, false, Errorf(CodeBadRequest, "expires_at is more than ten years away")
+		if req.ExpiresAt.After(now.Add(10*365*24*time.Hour)) || req.ExpiresAt.Year() < 2000 {
+			return nil, false, Errorf(CodeBadRequest, "expires_at must be a time between 2000 and ten years from now")
 		}
 		conn.ExpiresAt = req.ExpiresAt.UTC()
 	case req.RefreshToken != "" || req.AccessToken == "":

@@ -22,25 +22,25 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 		return b.refusedFor(ctx, e, c, "the refresh token expired", "", hold)
 	}
 	bg := b.budget()
+	if !b.covers(hold, now) {
+		return b.giveBack(ctx, e, c, hold)
+	}
 	if e.cfg.Machine() {
 		// The quota count must leave the provider call and the commit
 		// their time.
 		qctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(hold.Add(-bg.needed())))
 		err := b.quotaGuard(qctx, e)
 		cancel()
+		if err != nil && !b.covers(hold, b.now()) {
+			return b.giveBack(ctx, e, c, hold)
+		}
 		if err != nil {
 			return b.refreshFailed(ctx, e, c, err, hold)
 		}
 	}
 	now = b.now()
 	if !b.covers(hold, now) {
-		// Taking the lease (or counting the quota) was slow: the provider
-		// call and its commit no longer fit before the hold ends. Give the
-		// lease back; nothing was spent.
-		if err := b.durably(ctx, hold, b.releaseWrite(e, c)); err != nil {
-			b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
-		}
-		return nil, wrap(CodeProviderUnavailable, errNoTime, "too little time is left to refresh %s safely; try again", c.Key)
+		return b.giveBack(ctx, e, c, hold)
 	}
 	// The call is detached from the caller's cancellation (a request given
 	// up half way must not cut a rotation in half) and bounded so that the
@@ -72,7 +72,12 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 		next.Attempts, next.LastError, next.LastErrorAt = c.Attempts+1, unusable, now
 	}
 	var notices []store.Notice
-	if c.FailingNotified {
+	switch {
+	case unusable != "" && !c.FailingNotified && next.Attempts >= FailingAfter:
+		// Nothing usable again and again: the streak goes on.
+		next.FailingNotified = true
+		notices = append(notices, b.failingNotice(e.store, c, next.Attempts, unusable))
+	case unusable == "" && c.FailingNotified:
 		next.FailingNotified = false
 		notices = append(notices, b.recoveredNotice(e.store, c))
 	}
@@ -159,9 +164,16 @@ func clipUTF8(s string, n int) string {
 // holder's time no longer covered it.
 var errNoTime = errors.New("broker: too little time left for the provider call and its commit")
 
-// releaseWrite gives c's lease back unused.
-func (b *Broker) releaseWrite(e *env, c *store.Connection) *store.Write {
-	return e.store.PrepareRelease(c.Key, c.Fence(), c.LeaseOwner)
+// giveBack ends a refresh before the provider call because taking the
+// lease (or counting the quota) was slow and the call and its commit no
+// longer fit before the hold ends: the lease is given back unused and
+// nothing is spent.
+func (b *Broker) giveBack(ctx context.Context, e *env, c *store.Connection, hold time.Time) (*store.Connection, error) {
+	w := e.store.PrepareRelease(c.Key, c.Fence(), c.LeaseOwner)
+	if err := b.durably(ctx, hold, w); err != nil {
+		b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
+	}
+	return nil, wrap(CodeProviderUnavailable, errNoTime, "too little time is left to refresh %s safely; try again", c.Key)
 }
 
 // revokeOrphan revokes, where the provider can, tokens fetched for a grant

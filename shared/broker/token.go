@@ -207,9 +207,7 @@ func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req To
 		if usable(e.cfg, c, 0, now) {
 			return serve, nil
 		}
-		if c.AccessToken == "" {
-			return refuse, Errorf(CodeProviderUnavailable, "refreshing %s failed (%s); it is retried at %s", c.Key, c.LastError, c.RefreshAt.UTC().Format(time.RFC3339))
-		}
+		return refuse, Errorf(CodeProviderUnavailable, "refreshing %s failed (%s); it is retried at %s", c.Key, c.LastError, c.RefreshAt.UTC().Format(time.RFC3339))
 	}
 	return refresh, nil
 }

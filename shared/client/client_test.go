@@ -90,10 +90,17 @@ func run(m *testing.M) (int, error) {
 }
 
 // countingTransport counts the requests that leave the client.
-type countingTransport struct{ n atomic.Int64 }
+type countingTransport struct {
+	n atomic.Int64
+	// before, when set, runs before each request is sent.
+	before func()
+}
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.n.Add(1)
+	if c.before != nil {
+		c.before()
+	}
 	return http.DefaultTransport.RoundTrip(r)
 }
 
@@ -270,9 +277,10 @@ func TestRetriesTheBrokers503s(t *testing.T) {
 	if err := api.Connect(ctx, devstack.OAuth2, conn); err != nil {
 		t.Fatal(err)
 	}
-	// With the stored token expired, every request makes the broker ask
-	// the provider (there is nothing to serve meanwhile), so each fault
-	// injected there is one 503 from the broker.
+	// The stored token has expired and, before each request, the broker's
+	// backoff after a failure is made to have passed (the test ages the
+	// connection), so every request makes the broker ask the provider and
+	// each fault injected there is one 503 from the broker.
 	const minTTL = time.Minute
 	for _, tc := range []struct {
 		name     string
@@ -286,7 +294,7 @@ func TestRetriesTheBrokers503s(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, counter := newClient(t, local)
-			expireSoon(t, devstack.OAuth2, conn, -time.Minute)
+			counter.before = func() { expireSoon(t, devstack.OAuth2, conn, -time.Minute) }
 			calls := api.Stack.OAuth2.Calls("/token")
 			api.Stack.OAuth2.Inject("/token", emulator.HTMLError(http.StatusBadGateway), tc.faults)
 			tok, err := c.TokenSource(ctx, devstack.OAuth2, conn, minTTL).Token()
@@ -316,7 +324,8 @@ func TestBrokerErrorsAreNeverCached(t *testing.T) {
 	}
 	c, counter := newClient(t, local)
 	ts := c.TokenSource(ctx, devstack.OAuth2, conn, time.Minute)
-	expireSoon(t, devstack.OAuth2, conn, -time.Minute)
+	// Each request finds the token expired and the broker's backoff over.
+	counter.before = func() { expireSoon(t, devstack.OAuth2, conn, -time.Minute) }
 	// Five faults: the first call spends four (its retries) and fails; the
 	// next spends the fifth, retries, and gets a token.
 	api.Stack.OAuth2.Inject("/token", emulator.HTMLError(http.StatusBadGateway), 5)

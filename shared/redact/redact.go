@@ -117,8 +117,34 @@ func forms(secret string) []string {
 	for _, f := range written {
 		forms = append(forms, printable(f))
 	}
+	forms = append(forms, base64Forms(secret)...)
 	slices.Sort(forms)
 	return slices.Compact(forms)
+}
+
+// base64Forms are what every base64 encoding of a text holding secret
+// surely contains, whatever came before or after it: the secret is
+// encoded at each of the three byte alignments, in the standard and the
+// URL alphabet, and the characters that also depend on neighbouring bytes
+// (the first group when the secret does not start one, the last group when
+// it does not end one) are left out.
+func base64Forms(secret string) []string {
+	var out []string
+	for align := 0; align < 3; align++ {
+		b := append(make([]byte, align), secret...)
+		start := 0
+		if align > 0 {
+			start = 4
+		}
+		end := len(b) / 3 * 4
+		if end-start < MinRun {
+			continue
+		}
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+			out = append(out, enc.EncodeToString(b)[start:end])
+		}
+	}
+	return out
 }
 
 func jsonEscape(s string, escapeHTML bool) string {

@@ -32,8 +32,13 @@ type Notice struct {
 // before the refresher publishes it.
 const NoticeGrace = 30 * time.Second
 
-// noticeShards groups notices in the due index apart from connections.
+// noticePrefix is a notice's key prefix.
 const noticePrefix = "notice#"
+
+// noticeShard prefixes a notice's due-index shard. Connections are filed
+// under "{provider}#{n}"; a provider name cannot hold '#', so no provider
+// (not even one called "notice") shares a shard with notices.
+const noticeShard = "#notice#"
 
 type noticeItem struct {
 	PK         string `dynamodbav:"pk"`
@@ -61,7 +66,7 @@ func (s *Store) noticeItem(n Notice) (map[string]types.AttributeValue, error) {
 	pk := noticePrefix + n.ID
 	av, err := attributevalue.MarshalMap(noticeItem{PK: pk, Type: "notice", Provider: n.Key.Provider, Connection: n.Key.Connection,
 		DetailType: n.DetailType, Detail: string(n.Detail), CreatedAt: n.CreatedAt.Unix(),
-		DueShard: noticePrefix + s.shardNumber(pk), RefreshAt: n.DueAt.Unix(),
+		DueShard: noticeShard + s.shardNumber(pk), RefreshAt: n.DueAt.Unix(),
 		// Kept a week at most: an announcement nobody could deliver for that long is moot.
 		TTL: n.CreatedAt.Add(7 * 24 * time.Hour).Unix()})
 	if err != nil {
@@ -131,7 +136,7 @@ func (s *Store) ScanNotices(ctx context.Context, now time.Time, visit func(*Noti
 		return err
 	}
 	for shard := 0; shard < MaxDueShards; shard++ {
-		err := s.queryDue(ctx, noticePrefix+fmt.Sprint(shard), now, func(av map[string]types.AttributeValue) error {
+		err := s.queryDue(ctx, noticeShard+fmt.Sprint(shard), now, func(av map[string]types.AttributeValue) error {
 			var it noticeItem
 			if err := attributevalue.UnmarshalMap(av, &it); err != nil || it.Type != "notice" || len(it.PK) <= len(noticePrefix) {
 				return nil // not ours to judge; it ages out with its ttl

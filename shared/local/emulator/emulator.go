@@ -111,6 +111,13 @@ func (c *core) Inject(path string, f Fault, n int) {
 	}
 }
 
+// ClearFaults drops every fault not yet served: the provider is back.
+func (c *core) ClearFaults() {
+	c.mu.Lock()
+	c.faults = map[string][]Fault{}
+	c.mu.Unlock()
+}
+
 // SetLatency adds d to every answer.
 func (c *core) SetLatency(d time.Duration) {
 	c.mu.Lock()

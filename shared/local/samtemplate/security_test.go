@@ -99,7 +99,7 @@ var wantItems = map[string]map[string][]string{
 	},
 	"RefresherFunction": {
 		"conn#*":   {"PutItem", "UpdateItem"},
-		"notice#*": {"DeleteItem", "PutItem"},
+		"notice#*": {"DeleteItem", "PutItem", "UpdateItem"},
 		"quota#*":  {"UpdateItem"},
 	},
 }
