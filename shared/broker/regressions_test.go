@@ -112,7 +112,6 @@ func TestRegressionRefresherSlowLeaseWriteShrinksTheProviderCall(t *testing.T) {
 		t.Errorf("%d reuses, final status %s (last error %q); %d needs_reauth events", got, final.Status, final.LastError,
 			len(eventsAbout(receiveAll(t, sink), k)))
 	}
-	_ = telemetry.RefreshUnsaved
 }
 
 // "Each once per transition": the writer publishes the notice, then its
@@ -482,14 +481,7 @@ func TestRegressionOverlappingRefreshersPublishANoticeTwice(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	sink := eventQueue(t)
-	k := store.Key{Provider: devstack.OAuth2, Connection: "overlap-notice"}
-	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
-	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
-	f.b.Notifier = failingNotifier{} // the writer could not publish
-	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
-		t.Fatal(err)
-	}
+	k := orphanNotice(t, f, "overlap-notice")
 	f.clock.Add(store.NoticeGrace + time.Second)
 	r1, r2 := f.sibling(t), f.sibling(t)
 	var wg sync.WaitGroup

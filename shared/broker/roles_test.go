@@ -213,25 +213,16 @@ func followAuthorize(t *testing.T, authorizeURL string) (code, state string) {
 	return loc.Query().Get("code"), loc.Query().Get("state")
 }
 
-// Regression: the refresher claims an orphaned notice
-// with an UpdateItem on notice#… (store.ClaimNotice), but its role grants
-// only PutItem and DeleteItem there. In AWS every claim is AccessDenied,
-// so a lifecycle event whose writer died before publishing it is never
-// delivered: the "at least once, never a silent miss" promise fails
-// exactly when it matters. The local stand-ins run without IAM, so no
-// existing test sees it.
+// The refresher claims an orphaned notice with an UpdateItem on notice#…
+// (store.ClaimNotice); its role once granted only PutItem and DeleteItem
+// there, so in AWS every claim would have been AccessDenied and an event
+// whose writer died before publishing it never delivered. The local
+// stand-ins have no IAM: the refresher here runs held to its template role.
 func TestRefresherRoleMayClaimAnOrphanedNotice(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	sink := eventQueue(t)
-	k := store.Key{Provider: devstack.OAuth2, Connection: "sec-orphan-iam"}
-	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
-	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
-	f.b.Notifier = failingNotifier{} // the writer dies before publishing
-	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
-		t.Fatal(err)
-	}
+	k := orphanNotice(t, f, "sec-orphan-iam")
 	refresher, role := f.asFunction(t, "RefresherFunction")
 	f.clock.Add(store.NoticeGrace + time.Second)
 	sum, err := refresher.RefreshDue(ctx)
@@ -339,13 +330,11 @@ func TestEveryFunctionStaysInItsRole(t *testing.T) {
 	}
 }
 
-// Regression: README "Refresh
-// semantics": "While a failed refresh waits for its retry, requests get
-// the old token if it still works, and otherwise the last error (503),
-// instead of each asking the provider again". decide() only refuses when
-// the connection has no access token at all; once the old token has
-// expired (exactly when a failing provider matters), every request takes
-// the lease and calls the provider again, backoff or not.
+// While a failed refresh waits for its retry, requests get the old token
+// if it still works, and otherwise the last error (503), instead of each
+// asking the provider again. decide() once refused only when there was no
+// access token at all, so an expired one sent every request to the
+// provider, backoff or not.
 func TestExpiredTokenInBackoffAsksTheProviderOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -441,12 +430,10 @@ func TestConfirmedFlowClaims(t *testing.T) {
 	}
 }
 
-// Regression: an answer whose access token is too
-// large to store is not a successful refresh (callers get 502, then 503;
-// the connection has no token to serve), yet refreshHeld clears
-// FailingNotified and sends "Connection Recovered" with that commit. The
-// streak that follows (every later refresh dropping its token too) is
-// never announced again: attempts grow, no Refresh Failing event fires.
+// An answer whose access token is too large to store is not a successful
+// refresh (callers get 502, then 503; there is no token to serve). It once
+// cleared FailingNotified and announced "Connection Recovered", and the
+// streak after it was never announced again.
 func TestOversizedAnswerAnnouncesNoRecovery(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -533,12 +520,9 @@ func TestExpiredWeChatTokenInBackoffSparesTheQuota(t *testing.T) {
 	}
 }
 
-// Regression: an import with
-// expires_at "0001-01-01T00:00:00Z" (Go's zero time, what a client
-// serializing an unset time.Time sends) is accepted as "no expiry": the
-// grant is never scheduled for refresh and its access token is served
-// forever, although it came with a refresh token and README says a grant
-// with a refresh token and no known expiry is refreshed at once.
+// An import with expires_at "0001-01-01T00:00:00Z" (Go's zero time, what
+// a client serializing an unset time.Time sends) was once accepted as "no
+// expiry": never refreshed, its token served forever. It is refused now.
 func TestImportRefusesAZeroExpiresAt(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -558,12 +542,11 @@ func TestImportRefusesAZeroExpiresAt(t *testing.T) {
 	}
 }
 
-// Regression: README "The time budget": when the
-// lease write was slow, "the lease is given back and nothing is called".
-// For WeChat's cgi-bin/token the quota count runs first, on a context whose
-// deadline (hold - Provider - Commit) has already passed; the count fails
-// and refreshHeld records it as a failed refresh ("internal error",
-// attempts+1, a backoff) instead of releasing the lease.
+// When the lease write was slow, "the lease is given back and nothing is
+// called". For WeChat's cgi-bin/token the quota count once ran first, on a
+// context whose deadline (hold - Provider - Commit) had already passed; the
+// count failed and was recorded as a failed refresh ("internal error",
+// attempts+1, a backoff) instead of the lease being given back.
 func TestSlowLeaseBeforeTheQuotaCountGivesTheLeaseBack(t *testing.T) {
 	ctx := context.Background()
 	f, proxy := faultyFixture(t)

@@ -423,16 +423,7 @@ func TestOrphanedNoticeIsPublishedByTheRefresher(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	sink := eventQueue(t)
-	k := store.Key{Provider: devstack.OAuth2, Connection: "orphan-notice"}
-	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
-	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
-	// EventBridge refuses the writer's publish: as far as the event goes,
-	// as if the writer had died right after its write.
-	f.b.Notifier = failingNotifier{}
-	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
-		t.Fatal(err)
-	}
+	k := orphanNotice(t, f, "orphan-notice")
 	if evs := eventsAbout(receiveAll(t, sink), k); len(evs) != 0 {
 		t.Fatalf("%d events before the refresher ran", len(evs))
 	}
@@ -451,6 +442,24 @@ func TestOrphanedNoticeIsPublishedByTheRefresher(t *testing.T) {
 	if got := f.count(t, telemetry.EventsFailed, nil); got != 1 {
 		t.Fatalf("EventsFailed %v, want 1", got)
 	}
+}
+
+// orphanNotice leaves a needs_reauth notice of connection conn unsent:
+// EventBridge refuses the writer's publish, which as far as the event goes
+// is as if the writer had died right after its write.
+func orphanNotice(t *testing.T, f *fixture, conn string) store.Key {
+	t.Helper()
+	k := store.Key{Provider: devstack.OAuth2, Connection: conn}
+	f.authorize(t, k)
+	f.clock.Add(broker.ForceWindow)
+	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
+	writer := f.b.Notifier
+	f.b.Notifier = failingNotifier{}
+	defer func() { f.b.Notifier = writer }()
+	if _, err := f.b.Token(context.Background(), broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
+		t.Fatal(err)
+	}
+	return k
 }
 
 type failingNotifier struct{}

@@ -51,15 +51,11 @@ func (s *Store) AcquireLease(ctx context.Context, k Key, expect Fence, l Lease) 
 	return w.Result, nil
 }
 
-// ReleaseLease gives back a lease its owner will not use, at the fence it
-// was taken at: nothing was called and nothing changes but the lease. A
-// lease that is no longer the owner's is left alone.
-func (s *Store) ReleaseLease(ctx context.Context, k Key, expect Fence, owner string) error {
-	return s.PrepareRelease(k, expect, owner).Apply(ctx)
-}
-
-// PrepareRelease prepares ReleaseLease, to be applied (and retried) by the
-// caller. An invalid key makes a write whose Apply returns the error.
+// PrepareRelease prepares giving back a lease its owner will not use, at
+// the fence it was taken at: nothing was called and nothing changes but the
+// lease; a lease that is no longer the owner's is left alone. The caller
+// applies (and retries) it. An invalid key makes a write whose Apply
+// returns the error.
 func (s *Store) PrepareRelease(k Key, expect Fence, owner string) *Write {
 	cond := fenceCondition(expect).And(expression.Name("lease_owner").Equal(expression.Value(owner)))
 	upd := expression.Remove(expression.Name("lease_owner")).Remove(expression.Name("lease_until"))

@@ -75,22 +75,6 @@ func (s *Store) noticeItem(n Notice) (map[string]types.AttributeValue, error) {
 	return av, nil
 }
 
-// PutNotice stores a notice on its own (for an announcement with no state
-// change to ride on).
-func (s *Store) PutNotice(ctx context.Context, n Notice) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	av, err := s.noticeItem(n)
-	if err != nil {
-		return err
-	}
-	if _, err := s.DB.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(s.Table), Item: av}); err != nil {
-		return fmt.Errorf("store: put notice: %w", err)
-	}
-	return nil
-}
-
 // DeleteNotice removes a published notice; deleting one that is gone is
 // not an error.
 func (s *Store) DeleteNotice(ctx context.Context, id string) error {
