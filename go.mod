@@ -1,4 +1,4 @@
-module tokenbroker
+module github.com/tokenbroker/tokenbroker
 
 go 1.26.0
 

@@ -6,7 +6,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"tokenbroker/shared/setup"
+	"github.com/tokenbroker/tokenbroker/shared/setup"
 )
 
 func main() {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/setup"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/setup"
 )
 
 func main() {

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/redact"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/redact"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // AuthorizeRequest starts an authorization.

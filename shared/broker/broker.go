@@ -28,11 +28,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/sealing"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // Configuration is where provider settings and the key ring come from;

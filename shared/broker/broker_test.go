@@ -15,14 +15,14 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/setup"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/setup"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 var stack *devstack.Stack

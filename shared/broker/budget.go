@@ -4,8 +4,8 @@ import (
 	"context"
 	"time"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // Budget is the time budget every refresh obeys. What it protects is the

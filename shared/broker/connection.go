@@ -5,8 +5,8 @@ import (
 	"errors"
 	"time"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // Status is a connection's state without secrets.

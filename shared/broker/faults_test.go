@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/local/ddbfault"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // faultyFixture is a broker whose DynamoDB traffic passes a fault proxy.

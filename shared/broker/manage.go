@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // Metadata bounds.

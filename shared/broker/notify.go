@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"time"
 
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // publishTimeout bounds publishing one batch of notices.

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 var errQuota = errors.New("quota guard")

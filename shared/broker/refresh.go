@@ -7,10 +7,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/sealing"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // refreshHeld calls the provider while c's lease is held (its holder works

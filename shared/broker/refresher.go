@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // Summary is what one refresher tick did.

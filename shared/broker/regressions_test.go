@@ -18,12 +18,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/local/ddbfault"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // The hold (and from it the provider call's deadline) is fixed before the

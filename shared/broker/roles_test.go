@@ -21,13 +21,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/local/ddbfault"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/local/samtemplate"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/samtemplate"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // roleDB answers every DynamoDB call the way AWS would for a function whose

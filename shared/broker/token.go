@@ -5,9 +5,9 @@ import (
 	"errors"
 	"time"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // Token is what a caller receives.

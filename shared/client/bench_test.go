@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 )
 
 // BenchmarkTokenSource: many goroutines of one process calling Token on

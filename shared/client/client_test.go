@@ -23,11 +23,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"golang.org/x/oauth2"
 
-	"tokenbroker/shared/client"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/localapi"
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/client"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/localapi"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 var (
@@ -423,7 +423,7 @@ func TestFunctionsDoNotImportTheClient(t *testing.T) {
 			t.Fatalf("go list -deps listed only %d packages", len(deps))
 		}
 		for _, dep := range deps {
-			if dep == "tokenbroker/shared/client" || strings.HasPrefix(dep, "github.com/aws/aws-sdk-go-v2/config") {
+			if dep == "github.com/tokenbroker/tokenbroker/shared/client" || strings.HasPrefix(dep, "github.com/aws/aws-sdk-go-v2/config") {
 				t.Errorf("%v: the functions depend on %s", env, dep)
 			}
 		}

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"tokenbroker/shared/client"
+	"github.com/tokenbroker/tokenbroker/shared/client"
 )
 
 // A backend calls a provider's API as the user of the connection

@@ -35,8 +35,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
 )
 
 // DefaultPrefix is the SSM root when SSM_PREFIX is unset.

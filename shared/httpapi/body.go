@@ -9,7 +9,7 @@ import (
 	"reflect"
 	"strings"
 
-	"tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
 )
 
 // maxBody bounds a request body.

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // documented is every error code and the status it must travel with.

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // fakeCore is the seam under the mapping: the mapping is what is tested

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // The strict body reader: every malformed body is a

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 // The call's secrets are redacted in raw, URL, JSON and base64 forms: a

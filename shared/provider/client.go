@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"tokenbroker/shared/redact"
+	"github.com/tokenbroker/tokenbroker/shared/redact"
 )
 
 // MaxBody caps every provider response read into memory.
@@ -23,7 +23,7 @@ const MaxBody = 1 << 20
 const DefaultTimeout = 10 * time.Second
 
 // UserAgent is sent on every provider call.
-const UserAgent = "tokenbroker/1 (+https://github.com/tokenbroker)"
+const UserAgent = "github.com/tokenbroker/tokenbroker/1 (+https://github.com/tokenbroker)"
 
 // TokenSet is what a provider grants.
 type TokenSet struct {

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 // Every endpoint must be https, except on a loopback host (the emulators).

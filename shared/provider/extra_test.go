@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 )
 
 // Only non-secret identifiers reach TokenSet.Extra; id_token, mac_key and

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 // The authorize function loads its configuration without client secrets

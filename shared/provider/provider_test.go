@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 var fixed = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 // Secrets with characters that every escaping treats differently, and a

@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 )
 
 // thief is a second server a redirect points at. It counts every request

@@ -10,7 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"tokenbroker/shared/redact"
+	"github.com/tokenbroker/tokenbroker/shared/redact"
 )
 
 const clientID = "client:id/1"

@@ -24,12 +24,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/store"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // Env reads a variable; tests pass a map's lookup.

@@ -12,10 +12,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
 
-	"tokenbroker/shared/local/ddbfault"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/setup"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/setup"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // faultyStore is a store whose SDK client (configured as the functions'

@@ -14,7 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
 )
 
 // DueIndex is the name of the sparse GSI the refresher queries.

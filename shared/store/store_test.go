@@ -17,9 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/sealing"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 var endpoints localaws.Endpoints

@@ -12,7 +12,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambdacontext"
 
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 func TestLogLinesCarryTheRequestID(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/local/apispec"
-	"tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/apispec"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 var root = filepath.Join("..", "..", "..")

@@ -14,9 +14,9 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // core answers every call with canned results, or with err: the seam

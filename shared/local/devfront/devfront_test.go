@@ -13,7 +13,7 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 
-	"tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 func TestRoutesComeFromTheTemplate(t *testing.T) {

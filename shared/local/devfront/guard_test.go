@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 func TestCheckListenAddr(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 var (

@@ -25,8 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 // Demo provider names seeded into SSM.

@@ -16,14 +16,14 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/local/ddbfault"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/emulator"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // sinaWorld is a SinaCloud provider of its own (emulator, SSM entry) over a

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
 )
 
 func TestConnectFlowEachKind(t *testing.T) {

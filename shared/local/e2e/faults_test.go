@@ -1,6 +1,6 @@
 package e2e_test
 
-import "tokenbroker/shared/local/emulator"
+import "github.com/tokenbroker/tokenbroker/shared/local/emulator"
 
 func htmlFault(status int) emulator.Fault { return emulator.HTMLError(status) }
 func truncFault() emulator.Fault          { return emulator.Fault{Truncate: true} }

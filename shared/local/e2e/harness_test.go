@@ -19,10 +19,10 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/local/apispec"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/apispec"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 const publicBase = "https://broker.example.test"

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 func importGrant(t *testing.T, r *lambdarun.Runner, k store.Key, body string) response {

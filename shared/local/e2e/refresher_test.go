@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // seedSinaConnections creates n real SinaCloud grants at the emulator and

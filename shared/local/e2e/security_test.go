@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // auditLines returns the audit lines logged so far whose msg is msg and

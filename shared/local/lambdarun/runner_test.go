@@ -14,7 +14,7 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-lambda-go/lambdacontext"
 
-	"tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
 )
 
 // The test binary doubles as a bootstrap when this variable is set.

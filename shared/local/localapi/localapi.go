@@ -26,10 +26,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"tokenbroker/shared/local/devfront"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 // routed are the functions behind HTTP routes, by LogicalId, with their

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 // The example caller policies of README's "Restricting callers", checked

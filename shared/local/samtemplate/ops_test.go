@@ -10,7 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"tokenbroker/shared/local/samtemplate"
+	"github.com/tokenbroker/tokenbroker/shared/local/samtemplate"
 )
 
 // cloudWatchRetentions are the values CloudWatch Logs accepts for a log

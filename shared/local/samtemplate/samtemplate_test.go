@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/local/samtemplate"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/samtemplate"
 )
 
 func TestReadsTheProjectTemplate(t *testing.T) {

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/local/samtemplate"
-	"tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/samtemplate"
+	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
 
 // globMatch is IAM's wildcard match: * is any run of characters (slashes

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 )
 
 // benchAlternatives: what a team would do without a broker — every

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/samtemplate"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/samtemplate"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // capacityLatency is the provider's answer time in the capacity scenario:

@@ -12,10 +12,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"golang.org/x/oauth2"
 
-	"tokenbroker/shared/client"
-	"tokenbroker/shared/local/devfront"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/localapi"
+	"github.com/tokenbroker/tokenbroker/shared/client"
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/localapi"
 )
 
 // countingTransport counts the requests a client sends to the broker.

@@ -13,9 +13,9 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 func apiEvent(method, path string, params map[string]string, query string, iam bool) []byte {

@@ -15,13 +15,13 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/config"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/localaws"
-	"tokenbroker/shared/provider"
-	"tokenbroker/shared/sealing"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/provider"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // countingDB counts the DynamoDB calls the store makes.

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 func main() {

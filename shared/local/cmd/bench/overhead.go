@@ -13,9 +13,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"tokenbroker/shared/httpapi"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/httpapi"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // benchTokenOverhead compares the token handler serving a valid token

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 // seedDue stores n SinaCloud connections, all due now.

@@ -10,10 +10,10 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
-	"tokenbroker/shared/broker"
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
-	"tokenbroker/shared/store"
+	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
 type stampedeResult struct {

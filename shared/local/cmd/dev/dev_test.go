@@ -22,7 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 // descendants lists every process below pid, from /proc.

@@ -14,8 +14,8 @@ import (
 	"os"
 	"time"
 
-	"tokenbroker/shared/local/devstack"
-	"tokenbroker/shared/local/lambdarun"
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
+	"github.com/tokenbroker/tokenbroker/shared/local/lambdarun"
 )
 
 func main() {

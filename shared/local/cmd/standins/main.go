@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
 func main() {
