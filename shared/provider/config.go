@@ -46,6 +46,16 @@ type Config struct {
 	RefreshLeadSeconds int               `json:"refresh_lead_seconds,omitempty"`
 	RedirectURI        string            `json:"redirect_uri,omitempty"`
 	DailyQuotaBudget   int               `json:"daily_quota_budget,omitempty"`
+	// RevokePerToken says the provider's revocation ends only the token
+	// revoked. Where it ends the user's whole grant (Google), the broker
+	// never revokes the tokens of a grant that lost a race: the grant that
+	// won may be that same user's new one. Unset: false, unless a preset
+	// says otherwise.
+	RevokePerToken *bool `json:"revoke_per_token,omitempty"`
+	// DefaultExpiresIn, in seconds, is the lifetime assumed for an access
+	// token whose answer gives no expiry or one the broker cannot read.
+	// 0: such a token has no known expiry.
+	DefaultExpiresIn int `json:"default_expires_in,omitempty"`
 }
 
 // preset fills endpoints of a well-known provider; the document overrides it.
@@ -53,8 +63,10 @@ type preset struct {
 	authorizeURL, tokenURL, revokeURL string
 	authStyle                         string
 	pkce                              bool
-	authorizeParams                   map[string]string
-	scopes                            []string
+	// revokePerToken: revoking one token leaves the rest of the grant.
+	revokePerToken  bool
+	authorizeParams map[string]string
+	scopes          []string
 }
 
 var presets = map[string]preset{
@@ -78,6 +90,8 @@ var presets = map[string]preset{
 		tokenURL:     "https://gitlab.com/oauth/token",
 		revokeURL:    "https://gitlab.com/oauth/revoke",
 		authStyle:    "basic", pkce: true,
+		// GitLab (Doorkeeper) revokes the token it is given and nothing else.
+		revokePerToken: true,
 	},
 }
 
@@ -139,6 +153,9 @@ func (c *Config) applyDefaults() error {
 		setDefault(&c.AuthStyle, p.authStyle)
 		if c.PKCE == nil {
 			c.PKCE = &p.pkce
+		}
+		if c.RevokePerToken == nil {
+			c.RevokePerToken = &p.revokePerToken
 		}
 		if c.AuthorizeParams == nil && p.authorizeParams != nil {
 			c.AuthorizeParams = p.authorizeParams
@@ -224,6 +241,9 @@ func (c Config) validate() error {
 	if c.RefreshLeadSeconds < 0 || c.DailyQuotaBudget < 0 {
 		return fmt.Errorf("refresh_lead_seconds and daily_quota_budget must not be negative")
 	}
+	if c.DefaultExpiresIn != 0 && (c.DefaultExpiresIn < 60 || c.DefaultExpiresIn > MaxExpiresIn) {
+		return fmt.Errorf("default_expires_in must be 0 (no known expiry) or between 60 and %d seconds, not %d", MaxExpiresIn, c.DefaultExpiresIn)
+	}
 	// Every endpoint that is set is checked, whether or not the kind uses
 	// it: a stray http:// URL is a mistake worth reporting either way.
 	for _, e := range []struct{ field, value string }{
@@ -304,6 +324,16 @@ func loopback(host string) bool {
 func (c Config) Machine() bool {
 	return c.Kind == KindWeChatMP || (c.Kind == KindOAuth2 && c.Grant == GrantClientCredentials)
 }
+
+// RevokesPerToken reports whether revoking one token at this provider
+// leaves the rest of the user's grant alone (see RevokePerToken).
+func (c Config) RevokesPerToken() bool {
+	return c.RevokeURL != "" && c.RevokePerToken != nil && *c.RevokePerToken
+}
+
+// MaxExpiresIn is the longest lifetime, in seconds (ten years), read as
+// an expiry; a longer one (2147483647 is a common "never") is unknown.
+const MaxExpiresIn = 10 * 365 * 24 * 3600
 
 // UsesPKCE reports whether authorizations carry a PKCE S256 challenge.
 func (c Config) UsesPKCE() bool {
