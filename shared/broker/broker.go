@@ -59,9 +59,21 @@ const (
 	firstBackoff       = 30 * time.Second
 	defaultMinLead     = 300 * time.Second
 	defaultConcurrency = 8
-	// ForceWindow: forced refreshes of one connection happen at most once
-	// in this window; calls inside it get what the last one fetched.
-	ForceWindow = 30 * time.Second
+	// firstShortBackoff and MaxShortBackoff bound the short schedule: after
+	// a failed refresh that left no usable token (or failed a forced
+	// refresh, whose caller says the token is not usable), the next
+	// provider call waits at most firstShortBackoff, then twice as long per
+	// consecutive failure, up to MaxShortBackoff. A one-second blip costs
+	// callers about a second, not the long schedule's half minute.
+	firstShortBackoff = time.Second
+	MaxShortBackoff   = 60 * time.Second
+	// DenialMemory is how long a provider's refusal to refresh for this app
+	// (SinaCloud's unauthorized_client) is remembered before a refresh asks
+	// again: the operator may have been granted the permission meanwhile.
+	DenialMemory = time.Hour
+	// stableForceSpacing: WeChat ignores a forced stable_token call within
+	// 30 s of the last one.
+	stableForceSpacing = 30 * time.Second
 	// FailingAfter consecutive failed refreshes announce a failure streak
 	// (Connection Refresh Failing) even before the access token expires.
 	FailingAfter = 5
@@ -282,17 +294,26 @@ func asAppError(err error, what string) error {
 }
 
 // refreshLead is how long before expiry a token is refreshed: the
-// provider's refresh_lead_seconds, else max(300 s, 10% of the lifetime).
+// provider's refresh_lead_seconds as given, else max(300 s, 10% of the
+// lifetime) but never more than half the lifetime, so that a short-lived
+// token (Keycloak's 5 minutes) is used for half its life, not rotated on
+// every tick.
 func refreshLead(cfg provider.Config, lifetime time.Duration) time.Duration {
 	if cfg.RefreshLeadSeconds > 0 {
 		return time.Duration(cfg.RefreshLeadSeconds) * time.Second
 	}
-	return max(defaultMinLead, lifetime/10)
+	return min(max(defaultMinLead, lifetime/10), lifetime/2)
 }
 
 // refreshable reports whether c can be renewed without its user.
 func refreshable(c *store.Connection, cfg provider.Config) bool {
-	return cfg.Machine() || (c.RefreshToken != "" && c.RefreshDenied == "")
+	return cfg.Machine() || c.RefreshToken != ""
+}
+
+// denied reports whether the provider's refusal to refresh c for this app
+// is still remembered at now (see DenialMemory).
+func denied(c *store.Connection, now time.Time) bool {
+	return c.RefreshDenied != "" && now.Before(c.LastErrorAt.Add(DenialMemory))
 }
 
 // scheduleRefresh sets when the refresher should renew c: only for
@@ -324,6 +345,16 @@ func (b *Broker) retryDelay(attempts int, expiresAt, now time.Time) time.Duratio
 		}
 	}
 	return max(d, 15*time.Second)
+}
+
+// shortDelay is the short schedule's wait after the attempts-th
+// consecutive failure: up to 1 s, doubling, capped at MaxShortBackoff,
+// with jitter (between half and all of it) so that instances spread out.
+func (b *Broker) shortDelay(attempts int) time.Duration {
+	d := min(firstShortBackoff<<min(max(attempts-1, 0), 10), MaxShortBackoff)
+	var j [2]byte
+	_, _ = io.ReadFull(b.random(), j[:])
+	return d/2 + time.Duration(int(j[0])<<8|int(j[1]))*(d/2)/65536
 }
 
 func (b *Broker) jitter(d time.Duration) time.Duration {

@@ -360,7 +360,7 @@ func TestConfigErrorKeepsConnectionAndRetries(t *testing.T) {
 	k := store.Key{Provider: devstack.OAuth2, Connection: "badsecret"}
 	f.authorize(t, k)
 	stack.OAuth2.Inject("/token", emulator.OAuthError(401, "invalid_client", "client authentication failed"), 1)
-	f.clock.Add(broker.ForceWindow) // a forced refresh right after the authorization would be served the fresh token
+	f.clock.Add(broker.MaxShortBackoff) // a forced refresh right after the authorization would be served the fresh token
 	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if broker.ErrorCode(err) != broker.CodeProviderError {
 		t.Fatalf("force refresh with a bad secret: %v", err)
@@ -369,7 +369,7 @@ func TestConfigErrorKeepsConnectionAndRetries(t *testing.T) {
 	if st.Status != store.StatusActive || !strings.Contains(st.LastError, "invalid_client") {
 		t.Fatalf("a bad secret must not drop the user's grant: %+v", st)
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatalf("after the secret is fixed: %v", err)
 	}
@@ -390,7 +390,7 @@ func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: i > 0, MinTTL: time.Minute}); err != nil {
 			t.Fatalf("call %d within budget: %v", i+1, err)
 		}
-		f.clock.Add(broker.ForceWindow)
+		f.clock.Add(broker.MaxShortBackoff)
 	}
 	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || !strings.Contains(broker.ErrorMessage(err), "daily budget of 3") {
@@ -489,7 +489,7 @@ func TestEMFLinesAreWellFormed(t *testing.T) {
 	ctx := context.Background()
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "emf"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatal(err)
 	}

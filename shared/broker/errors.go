@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is an application error code; the HTTP mapping turns each into one
@@ -16,6 +17,7 @@ const (
 	CodeForbidden           Code = "forbidden"
 	CodeNotFound            Code = "not_found"
 	CodeNeedsReauth         Code = "needs_reauth"
+	CodeNotRefreshable      Code = "not_refreshable"
 	CodeProviderError       Code = "provider_error"
 	CodeProviderUnavailable Code = "provider_unavailable"
 	CodeInternal            Code = "internal"
@@ -27,6 +29,9 @@ type Error struct {
 	Code    Code
 	Message string
 	Err     error
+	// RetryAfter, when positive, is how long the caller should wait before
+	// asking again (Retry-After on a 503).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -65,4 +70,22 @@ func ErrorMessage(err error) string {
 		return e.Message
 	}
 	return "internal error"
+}
+
+// RetryAfter returns how long an application error asks the caller to
+// wait, or 0.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
+
+// retryLater is provider_unavailable telling the caller when the broker
+// will try again.
+func retryLater(until time.Time, now time.Time, cause error, format string, args ...any) *Error {
+	e := wrap(CodeProviderUnavailable, cause, format, args...)
+	e.RetryAfter = max(until.Sub(now), time.Millisecond)
+	return e
 }

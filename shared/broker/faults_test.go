@@ -65,7 +65,7 @@ func TestCommitSurvivesDynamoDBFaults(t *testing.T) {
 			f, proxy := faultyFixture(t)
 			k := store.Key{Provider: devstack.SinaCloud, Connection: fmt.Sprintf("commit-%d", i)}
 			f.authorize(t, k)
-			f.clock.Add(broker.ForceWindow)
+			f.clock.Add(broker.MaxShortBackoff)
 			refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()
 			proxy.Inject("PutItem", tc.fault, tc.n)
 			tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
@@ -80,7 +80,7 @@ func TestCommitSurvivesDynamoDBFaults(t *testing.T) {
 				t.Fatalf("stored grant is not the one the provider issued: %v", err)
 			}
 			// The stored refresh token is the live one: the next refresh works.
-			f.clock.Add(broker.ForceWindow)
+			f.clock.Add(broker.MaxShortBackoff)
 			if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 				t.Fatalf("next refresh: %v", err)
 			}
@@ -105,7 +105,7 @@ func TestCommitRefusedForTheWholeBudgetEndsVisibly(t *testing.T) {
 	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "refused"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	reuses := stack.Sina.RefreshReuses()
 	proxy.Inject("PutItem", ddbfault.Fault{Kind: ddbfault.Throttle}, 100000)
 	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
@@ -142,7 +142,7 @@ func TestNeedsReauthAnnouncedOnceThroughAReset(t *testing.T) {
 	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.OAuth2, Connection: "reauth-reset"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "revoked by the user"), 1)
 	proxy.Inject("TransactWriteItems", ddbfault.Fault{Kind: ddbfault.ResetAfterForward}, 1)
 	proxy.Inject("UpdateItem", ddbfault.Fault{Kind: ddbfault.ResetAfterForward, Match: "needs_reauth"}, 1)
@@ -215,7 +215,7 @@ func TestSlowCommitKeepsOthersOut(t *testing.T) {
 	f, proxy := faultyFixture(t)
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "slow-commit"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	f.clock.Live()
 	other := f.sibling(t)
 	refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()
@@ -266,7 +266,7 @@ func TestDeleteAndReauthorizationDuringARefresh(t *testing.T) {
 			k := store.Key{Provider: devstack.WeChatWeb, Connection: fmt.Sprintf("moved-%v", reauthorize)}
 			f.authorize(t, k)
 			old, _ := f.store.Get(ctx, k, true)
-			f.clock.Add(broker.ForceWindow)
+			f.clock.Add(broker.MaxShortBackoff)
 			gate := make(chan struct{})
 			calls := stack.WeChat.Calls("/sns/oauth2/refresh_token")
 			stack.WeChat.Inject("/sns/oauth2/refresh_token", emulator.Fault{Gate: gate}, 1)
@@ -320,7 +320,7 @@ func TestTokenRequestWithoutTimeToRefreshSafely(t *testing.T) {
 	f := newFixture(t)
 	k := store.Key{Provider: devstack.SinaCloud, Connection: "short-deadline"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	calls := stack.Sina.Calls("/oauth2/access_token")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/shared/provider"
 	"github.com/tokenbroker/tokenbroker/shared/store"
 	"github.com/tokenbroker/tokenbroker/shared/telemetry"
 )
@@ -39,4 +40,58 @@ func (b *Broker) quotaGuard(ctx context.Context, e *env) error {
 		b.log().WarnContext(ctx, "wechat token quota budget almost spent", "provider", e.cfg.Name, "app_id", e.cfg.ClientID, "calls_today", n, "budget", budget)
 	}
 	return nil
+}
+
+// errForceLimit is a forced stable_token call the broker may not make now.
+var errForceLimit = errors.New("stable_token force limit")
+
+// wechatStable is WeChat's stable_token mode, whose normal mode hands back
+// the current token until its last five minutes.
+func wechatStable(cfg provider.Config) bool {
+	return cfg.Kind == provider.KindWeChatMP && cfg.TokenAPI == "stable_token"
+}
+
+// forcer is a provider client that can replace a machine token before its
+// time (WeChat's stable_token with force_refresh).
+type forcer interface {
+	ForceMachineToken(ctx context.Context) (*provider.TokenSet, error)
+}
+
+// forceStable replaces the WeChat global token a caller saw rejected, after
+// stable_token's normal mode handed that same token back. WeChat allows 20
+// forced calls a day per AppID and ignores one within 30 s of the last, so
+// the broker makes at most stable_force_budget of them per AppID per China
+// Standard Time day, 30 s apart, counted before the call. Past either limit
+// the answer is an *Error wrapping errForceLimit with the time to wait.
+func (b *Broker) forceStable(ctx context.Context, e *env, c *store.Connection, hold time.Time) (*provider.TokenSet, error) {
+	f, ok := e.client.(forcer)
+	if !ok {
+		return nil, fmt.Errorf("broker: provider %q cannot force a new token", e.cfg.Name)
+	}
+	now := b.now()
+	if !b.covers(hold, now) {
+		return nil, wrap(CodeProviderUnavailable, errForceLimit, "too little time is left to replace %s's token safely; try again", c.Key)
+	}
+	day := now.In(chinaStandardTime)
+	qctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(hold.Add(-b.budget().needed())))
+	_, err := e.store.CountSpacedCall(qctx, "wechat-force:"+e.cfg.ClientID, day.Format("2006-01-02"), e.cfg.StableForceBudget, now, stableForceSpacing)
+	cancel()
+	var soon *store.TooSoonError
+	switch {
+	case errors.As(err, &soon):
+		return nil, retryLater(soon.Next, now, errForceLimit, "WeChat replaced AppID %s's token less than %v ago and ignores a forced refresh sooner; try again at %s",
+			e.cfg.ClientID, stableForceSpacing, soon.Next.Format(time.RFC3339))
+	case errors.Is(err, store.ErrQuotaExhausted):
+		b.Metrics.Count(telemetry.QuotaRefused, 1, map[string]string{"Provider": e.cfg.Name})
+		midnight := time.Date(day.Year(), day.Month(), day.Day()+1, 0, 0, 0, 0, chinaStandardTime)
+		return nil, retryLater(midnight, now, errForceLimit, "the %d forced stable_token calls allowed today for AppID %s are spent (stable_force_budget); they resume at 00:00 China Standard Time",
+			e.cfg.StableForceBudget, e.cfg.ClientID)
+	case err != nil:
+		return nil, err
+	}
+	b.log().InfoContext(ctx, "forcing a new WeChat stable token: the caller's rejected token came back", "provider", c.Provider,
+		"token_fingerprint", store.Fingerprint(c.AccessToken))
+	pctx, pcancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(b.now().Add(b.budget().Provider)))
+	defer pcancel()
+	return f.ForceMachineToken(pctx)
 }

@@ -16,7 +16,12 @@ import (
 // refreshHeld calls the provider while c's lease is held (its holder works
 // until hold), then stores the outcome: the new tokens (a rotated refresh
 // token above all) or the failure, durably.
-func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, hold time.Time) (*store.Connection, error) {
+//
+// forced says the caller saw c's access token rejected: for WeChat's
+// stable_token, whose normal mode hands the same token back until its last
+// five minutes, that token is then replaced with force_refresh, within
+// WeChat's limits.
+func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, hold time.Time, forced bool) (*store.Connection, error) {
 	now := b.now()
 	if !e.cfg.Machine() && !c.RefreshExpiresAt.IsZero() && !now.Before(c.RefreshExpiresAt) {
 		return b.refusedFor(ctx, e, c, "the refresh token expired", "", hold)
@@ -55,6 +60,12 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	}
 	cancel()
 	b.Metrics.Milliseconds(telemetry.ProviderLatency, b.now().Sub(now), map[string]string{"Provider": c.Provider, "Op": "refresh"})
+	if err == nil && forced && ts.AccessToken != "" && ts.AccessToken == c.AccessToken && wechatStable(e.cfg) {
+		ts, err = b.forceStable(ctx, e, c, hold)
+		if errors.Is(err, errForceLimit) {
+			return b.giveBackFor(ctx, e, c, hold, err)
+		}
+	}
 	if err != nil {
 		return b.refreshFailed(ctx, e, c, err, hold)
 	}
@@ -62,7 +73,7 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	applyTokens(&next, ts)
 	now = b.now()
 	next.Status, next.Attempts, next.LastError, next.LastErrorAt, next.RefreshedAt = store.StatusActive, 0, "", time.Time{}, now
-	next.RefreshDenied = ""
+	next.RefreshDenied, next.RetryAt = "", time.Time{}
 	unusable := fitForStorage(&next)
 	if unusable != "" {
 		// The grant (its rotated refresh token above all) is stored; the
@@ -83,7 +94,8 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	}
 	scheduleRefresh(&next, e.cfg, now)
 	if unusable != "" {
-		next.RefreshAt = now.Add(b.retryDelay(next.Attempts, time.Time{}, now))
+		next.RetryAt = now.Add(b.shortDelay(next.Attempts))
+		next.RefreshAt = next.RetryAt
 	}
 	w, err := e.store.PrepareCommit(&next, c.Fence(), notices...)
 	if err == nil {
@@ -169,17 +181,33 @@ var errNoTime = errors.New("broker: too little time left for the provider call a
 // longer fit before the hold ends: the lease is given back unused and
 // nothing is spent.
 func (b *Broker) giveBack(ctx context.Context, e *env, c *store.Connection, hold time.Time) (*store.Connection, error) {
-	w := e.store.PrepareRelease(c.Key, c.Fence(), c.LeaseOwner)
-	if err := b.durably(ctx, hold, w); err != nil {
-		b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
-	}
-	return nil, wrap(CodeProviderUnavailable, errNoTime, "too little time is left to refresh %s safely; try again", c.Key)
+	return b.giveBackFor(ctx, e, c, hold, wrap(CodeProviderUnavailable, errNoTime, "too little time is left to refresh %s safely; try again", c.Key))
 }
 
-// revokeOrphan revokes, where the provider can, tokens fetched for a grant
-// that was deleted or replaced while they were being fetched, so that no
-// live credential of it is left behind.
+// giveBackFor releases c's lease unused and returns err.
+func (b *Broker) giveBackFor(ctx context.Context, e *env, c *store.Connection, hold time.Time, err error) (*store.Connection, error) {
+	w := e.store.PrepareRelease(c.Key, c.Fence(), c.LeaseOwner)
+	if werr := b.durably(ctx, hold, w); werr != nil {
+		b.log().WarnContext(ctx, "unused lease not released; it runs out by itself", "provider", c.Provider, "connection", c.Connection, "error", werr.Error())
+	}
+	return nil, err
+}
+
+// revokeOrphan revokes tokens fetched for a grant that was deleted or
+// replaced while they were being fetched, so that no live credential of it
+// is left behind; but only where the provider's revocation ends just the
+// token revoked (revoke_per_token). Where it ends the user's whole grant
+// (Google), the grant that replaced this one may be that same user's new
+// consent, and revoking would end it too; the orphan then lives until it
+// expires.
 func (b *Broker) revokeOrphan(ctx context.Context, e *env, c *store.Connection, ts *provider.TokenSet) {
+	if !e.cfg.RevokesPerToken() {
+		if e.cfg.RevokeURL != "" {
+			b.log().InfoContext(ctx, "discarded tokens not revoked: the provider's revocation may end the user's whole grant (revoke_per_token is false)",
+				"provider", c.Provider, "connection", c.Connection)
+		}
+		return
+	}
 	token, hint := ts.RefreshToken, "refresh_token"
 	if token == "" || token == c.RefreshToken {
 		token, hint = ts.AccessToken, "access_token"
@@ -217,8 +245,15 @@ func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection,
 	}
 	attempts := c.Attempts + 1
 	now := b.now()
-	f := store.Failure{Message: describe(cause), Attempts: attempts, NextAttempt: now.Add(b.retryDelay(attempts, c.ExpiresAt, now)),
+	// Two schedules: while the old token works it is served and the next
+	// attempt follows the long one; once none is usable, callers have
+	// nothing, and the short one lets a passing fault cost seconds.
+	f := store.Failure{Message: describe(cause), Attempts: attempts, RetryAt: now.Add(b.shortDelay(attempts)),
 		FailingNotified: c.FailingNotified}
+	f.NextAttempt = f.RetryAt
+	if usable(e.cfg, c, 0, now) {
+		f.NextAttempt = now.Add(b.retryDelay(attempts, c.ExpiresAt, now))
+	}
 	var notices []store.Notice
 	if !c.FailingNotified && (attempts >= FailingAfter || (!c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt))) {
 		f.FailingNotified = true
@@ -237,27 +272,33 @@ func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection,
 		b.log().ErrorContext(ctx, "could not record refresh failure", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
 	}
 	if errors.Is(cause, errQuota) {
-		return nil, wrap(CodeProviderUnavailable, cause, "%s", describe(cause))
+		return nil, retryLater(f.RetryAt, now, cause, "%s", describe(cause))
 	}
 	if class == provider.ClassConfig {
 		return nil, wrap(CodeProviderError, cause, "the provider rejected the app's credentials or settings (%s); an operator must fix provider %q", describe(cause), c.Provider)
 	}
-	return nil, wrap(CodeProviderUnavailable, cause, "refreshing %s failed (%s); the old token is kept and the refresh is retried", c.Key, describe(cause))
+	return nil, retryLater(f.RetryAt, now, cause, "refreshing %s failed (%s); the old token is kept and the refresh is retried", c.Key, describe(cause))
 }
 
-// refreshDenied handles a provider that will not refresh for this app at
-// all (SinaCloud's unauthorized_client on a refresh: the client id lacks
-// the refresh permission). No retry can help and the grant is not revoked:
-// the token is served until it expires, the connection leaves the refresh
-// schedule and comes back due at expiry, when it needs its user.
+// refreshDenied handles a provider that will not refresh for this app
+// (SinaCloud's unauthorized_client on a refresh: the client id lacks the
+// refresh permission). The grant is not revoked and the refresh token may
+// still work once the permission is granted: the token is served until it
+// expires, and the refusal is remembered for DenialMemory, after which (or
+// at expiry, whichever is first) a refresh asks again. Asked at expiry and
+// refused again, the connection needs its user.
 func (b *Broker) refreshDenied(ctx context.Context, e *env, c *store.Connection, cause error, hold time.Time) (*store.Connection, error) {
 	b.Metrics.Count(telemetry.RefreshNotPermitted, 1, map[string]string{"Provider": c.Provider})
-	denied := fmt.Sprintf("provider %q does not let this app refresh tokens (%s); ask the provider for the refresh permission", c.Provider, describe(cause))
+	why := fmt.Sprintf("provider %q does not let this app refresh tokens (%s); ask the provider for the refresh permission", c.Provider, describe(cause))
 	now := b.now()
 	if !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt) {
-		return b.refusedFor(ctx, e, c, "the access token expired and "+denied, "", hold)
+		return b.refusedFor(ctx, e, c, "the access token expired and "+why, "", hold)
 	}
-	f := store.Failure{Message: denied, Attempts: c.Attempts + 1, NextAttempt: c.ExpiresAt, RefreshDenied: denied, FailingNotified: c.FailingNotified}
+	again := now.Add(DenialMemory)
+	if !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(again) {
+		again = c.ExpiresAt
+	}
+	f := store.Failure{Message: why, Attempts: c.Attempts + 1, NextAttempt: again, RefreshDenied: why, FailingNotified: c.FailingNotified}
 	w, err := e.store.PrepareFailure(c.Key, c.Fence(), f)
 	if err == nil {
 		err = b.durably(ctx, hold, w)
@@ -268,12 +309,12 @@ func (b *Broker) refreshDenied(ctx context.Context, e *env, c *store.Connection,
 	b.log().WarnContext(ctx, "provider refuses refreshes for this app; serving the token until it expires", "provider", c.Provider,
 		"connection", c.Connection, "expires_at", c.ExpiresAt)
 	next := *c
-	next.RefreshDenied, next.LastError, next.LastErrorAt, next.Attempts = denied, denied, now, f.Attempts
-	next.LeaseOwner, next.LeaseUntil, next.RefreshAt = "", time.Time{}, c.ExpiresAt
+	next.RefreshDenied, next.LastError, next.LastErrorAt, next.Attempts = why, why, now, f.Attempts
+	next.LeaseOwner, next.LeaseUntil, next.RefreshAt, next.RetryAt = "", time.Time{}, again, time.Time{}
 	if usable(e.cfg, &next, 0, now) {
 		return &next, nil
 	}
-	return nil, Errorf(CodeNeedsReauth, "connection %s needs re-authorization: %s", c.Key, denied)
+	return nil, Errorf(CodeNeedsReauth, "connection %s needs re-authorization: %s", c.Key, why)
 }
 
 // refusedFor ends a grant the provider refused: needs_reauth, unless the

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"time"
 
@@ -160,7 +161,7 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			err := c.store.ScanDue(ctx, name, now, func(d *store.DueItem) error { return enqueue(q, d, true) })
+			err := c.store.ScanDueFrom(ctx, name, now, b.firstShard(), func(d *store.DueItem) error { return enqueue(q, d, true) })
 			if err != nil && !errors.Is(err, errStopped) {
 				errs <- err
 			}
@@ -274,18 +275,14 @@ func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Tim
 		return outcomeStale
 	}
 	if !refreshable(conn, e.cfg) {
-		// Kept in the index only to end it at expiry (the app may not
-		// refresh it): it needs its user now.
-		reason := "the access token expired and " + conn.RefreshDenied
-		if conn.RefreshDenied == "" {
-			reason = "the access token expired and the provider gave no refresh token"
-		}
-		if err := b.markNeedsReauth(ctx, e, conn, reason, "", &hold); ErrorCode(err) == CodeNeedsReauth {
+		// Nothing to refresh with (an item filed before the rules of today):
+		// at its due time it needs its user.
+		if err := b.markNeedsReauth(ctx, e, conn, "the access token expired and the provider gave no refresh token", "", &hold); ErrorCode(err) == CodeNeedsReauth {
 			return outcomeReauth
 		}
 		return outcomeFailed
 	}
-	after, err := b.refreshHeld(ctx, e, conn, hold)
+	after, err := b.refreshHeld(ctx, e, conn, hold, false)
 	var moved *movedOn
 	switch {
 	case errors.As(err, &moved):
@@ -302,4 +299,12 @@ func (b *Broker) refreshOne(ctx context.Context, d *store.DueItem, hold time.Tim
 		return outcomeStale
 	}
 	return outcomeFailed
+}
+
+// firstShard picks where a provider's scan of the due index starts this
+// tick: at random, so that under a backlog no shard always comes last.
+func (b *Broker) firstShard() int {
+	var r [1]byte
+	_, _ = io.ReadFull(b.random(), r[:])
+	return int(r[0]) % store.MaxDueShards
 }

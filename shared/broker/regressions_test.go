@@ -56,7 +56,7 @@ func TestRegressionSlowLeaseWriteShrinksTheProviderCall(t *testing.T) {
 			k := store.Key{Provider: devstack.SinaCloud, Connection: fmt.Sprintf("slow-lease-%d", tc.budget.Provider/time.Second)}
 			f.authorize(t, k)
 			before, _ := f.store.Get(ctx, k, true)
-			f.clock.Add(broker.ForceWindow)
+			f.clock.Add(broker.MaxShortBackoff)
 			f.clock.Live() // production: the broker's clock is the wall clock
 			refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()
 
@@ -75,7 +75,7 @@ func TestRegressionSlowLeaseWriteShrinksTheProviderCall(t *testing.T) {
 					tc.providerLag, tc.budget.Provider, stack.Sina.RefreshUsable(after.RefreshToken))
 			}
 			// The consequence: the next refresh presents the spent token.
-			f.clock.Add(broker.ForceWindow)
+			f.clock.Add(broker.MaxShortBackoff)
 			_, err = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 			final, _ := f.store.Get(ctx, k, true)
 			if got := stack.Sina.RefreshReuses() - reuses; got != 0 {
@@ -123,7 +123,7 @@ func TestRegressionNoticePublishedTwiceWhenItsDeleteFails(t *testing.T) {
 	sink := eventQueue(t)
 	k := store.Key{Provider: devstack.OAuth2, Connection: "notice-twice"}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "revoked by the user"), 1)
 	proxy.Inject("DeleteItem", ddbfault.Fault{Kind: ddbfault.Throttle, Match: "notice#"}, 3)
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); broker.ErrorCode(err) != broker.CodeNeedsReauth {
@@ -259,7 +259,7 @@ func oversized(t *testing.T, size int, scope string) {
 	if prov.grants == 1 && stored.RefreshToken != "rt-1" {
 		t.Errorf("the provider rotated rt-0 into rt-1; the table still holds %q", stored.RefreshToken)
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	_, err = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if prov.reuses != 0 {
 		t.Errorf("%d reuses of the spent token; next request: %v", prov.reuses, err)
@@ -336,7 +336,7 @@ func TestRegressionLegacyItemDeleteAndReauthorizeDuringRefresh(t *testing.T) {
 	if c, _ := f.store.Get(ctx, k, true); c.Generation != "" {
 		t.Fatal("generation still there")
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	gate := make(chan struct{})
 	calls := stack.Sina.Calls("/oauth2/access_token")
 	stack.Sina.Inject("/oauth2/access_token", emulator.Fault{Gate: gate}, 1)
@@ -436,7 +436,7 @@ func TestRegressionLosingCommitServesAPendingItem(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); err != nil {
 		t.Fatal(err)
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	gate1, gate2 := make(chan struct{}), make(chan struct{})
 	o2.Inject("/token", emulator.Fault{Gate: gate1}, 1)
 	o2.Inject("/token", emulator.Fault{Gate: gate2}, 1)

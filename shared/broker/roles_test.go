@@ -276,7 +276,7 @@ func TestEveryFunctionStaysInItsRole(t *testing.T) {
 	if _, err := tokenFn.Token(ctx, broker.TokenRequest{Key: k, MinTTL: time.Minute}); err != nil {
 		t.Errorf("token: %v", err)
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	if _, err := tokenFn.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Errorf("refresh: %v", err)
 	}
@@ -293,12 +293,12 @@ func TestEveryFunctionStaysInItsRole(t *testing.T) {
 		t.Errorf("machine token: %v", err)
 	}
 	// A transient failure, a recovery and a refusal, through the token function.
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	o2.Inject("/token", emulator.HTMLError(502), 1)
 	_, _ = tokenFn.Token(ctx, broker.TokenRequest{Key: k, Force: true})
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	_, _ = tokenFn.Token(ctx, broker.TokenRequest{Key: k, Force: true})
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	o2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
 	_, _ = tokenFn.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if err := tokenFn.Delete(ctx, k, "arn:aws:iam::123456789012:user/x"); err != nil {
@@ -348,13 +348,16 @@ func TestExpiredTokenInBackoffAsksTheProviderOnce(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: time.Minute})
 		codes = append(codes, broker.ErrorCode(err))
-		f.clock.Add(time.Second)
+		if broker.RetryAfter(err) <= 0 {
+			t.Errorf("answer %d (%v) says nothing of when to come back", i, err)
+		}
+		f.clock.Add(100 * time.Millisecond) // the first short backoff is 0.5–1 s
 	}
 	c, _ := f.store.Get(ctx, k, true)
 	calls := o2.Calls("/token") - before
-	t.Logf("answers %v; attempts %d; next attempt in %v", codes, c.Attempts, c.RefreshAt.Sub(f.clock.Now()))
+	t.Logf("answers %v; attempts %d; next attempt in %v", codes, c.Attempts, c.RetryAt.Sub(f.clock.Now()))
 	if calls != 1 {
-		t.Errorf("5 requests within the backoff of a failed refresh made %d provider calls, want 1 (then 503s until %v)", calls, c.RefreshAt)
+		t.Errorf("5 requests within the backoff of a failed refresh made %d provider calls, want 1 (then 503s until %v)", calls, c.RetryAt)
 	}
 	o2.Inject("/token", emulator.HTMLError(502), 0)
 }
@@ -503,7 +506,7 @@ func TestExpiredWeChatTokenInBackoffSparesTheQuota(t *testing.T) {
 	wx.Inject("/cgi-bin/token", emulator.WeChatError(-1, "system error"), 9)
 	for i := 0; i < 9; i++ {
 		_, _ = f.b.Token(ctx, broker.TokenRequest{Key: k})
-		f.clock.Add(time.Second)
+		f.clock.Add(50 * time.Millisecond) // all inside the first short backoff
 	}
 	calls := wx.Calls("/cgi-bin/token")
 	// WeChat is back; the retry is due.
@@ -564,7 +567,7 @@ func TestSlowLeaseBeforeTheQuotaCountGivesTheLeaseBack(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); err != nil {
 		t.Fatal(err)
 	}
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	f.clock.Live()
 	calls := wx.Calls("/cgi-bin/token")
 	proxy.Inject("UpdateItem", ddbfault.Fault{Kind: ddbfault.StallAfter, Stall: 2 * fastBudget.Acquire, Match: "lease_owner"}, 1)

@@ -50,6 +50,7 @@ func oauth2Provider(t *testing.T, f *fixture, prefix string, tune func(*emulator
 
 // Defect 5: POST …/refresh on a token that never expires and came with
 // no refresh token (GitHub OAuth Apps) marked the connection needs_reauth.
+// A forced refresh there answers not_refreshable and changes nothing.
 func TestForcedRefreshOfATokenThatCannotBeRefreshed(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -60,13 +61,17 @@ func TestForcedRefreshOfATokenThatCannotBeRefreshed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.clock.Add(broker.ForceWindow)
-	again, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
-	if err != nil || again.AccessToken != first.AccessToken || !again.ExpiresAt.IsZero() {
-		t.Fatalf("forced refresh of a token that cannot be refreshed: %v", err)
+	for _, rejected := range []string{"", first.AccessToken} {
+		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: rejected}); broker.ErrorCode(err) != broker.CodeNotRefreshable {
+			t.Fatalf("forced refresh (rejected %v) of a token that cannot be refreshed: %v, want not_refreshable", rejected != "", err)
+		}
 	}
 	if st, _ := f.b.Status(ctx, k); st.Status != store.StatusActive || st.LastError != "" {
 		t.Fatalf("status %+v", st)
+	}
+	again, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil || again.AccessToken != first.AccessToken || !again.ExpiresAt.IsZero() {
+		t.Fatalf("after: %v", err)
 	}
 	if o2.Calls("/token") != 1 {
 		t.Fatalf("%d calls to the token endpoint, want only the code exchange", o2.Calls("/token"))
@@ -100,37 +105,45 @@ func TestUnsatisfiableMinTTLRefreshesOncePerToken(t *testing.T) {
 	}
 }
 
-// Forced refreshes of one connection happen at most once per window;
-// calls inside it get what the last one fetched.
-func TestForcedRefreshesAtMostOncePerWindow(t *testing.T) {
+// A forced refresh keeps its word: each one that names the stored token
+// (or none) reaches the provider and answers a token issued after it
+// arrived; one that names a token already replaced gets the replacement
+// with no provider call.
+func TestForcedRefreshesReplaceTheRejectedToken(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	k := store.Key{Provider: devstack.OAuth2, Connection: "forced"}
+	k := store.Key{Provider: devstack.OAuth2, Connection: localaws.UniqueName("forced")}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
 	calls := stack.OAuth2.RefreshCalls()
-	var first string
-	for i := 0; i < 5; i++ {
-		tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			first = tok.AccessToken
-		} else if tok.AccessToken != first {
-			t.Fatalf("forced refresh %d inside the window fetched again", i+1)
-		}
-		f.clock.Add(5 * time.Second)
-	}
-	if got := stack.OAuth2.RefreshCalls() - calls; got != 1 {
-		t.Fatalf("%d refreshes for five forced requests within %v, want 1", got, broker.ForceWindow)
-	}
-	f.clock.Add(broker.ForceWindow)
-	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
+	prev, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got := stack.OAuth2.RefreshCalls() - calls; got != 2 {
-		t.Fatalf("after the window: %d refreshes, want 2", got)
+	seen := map[string]bool{prev.AccessToken: true}
+	for i := range 3 {
+		rejected := ""
+		if i == 1 {
+			rejected = prev.AccessToken
+		}
+		tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: rejected})
+		if err != nil || seen[tok.AccessToken] {
+			t.Fatalf("forced refresh %d answered a token already seen: %v", i+1, err)
+		}
+		seen[tok.AccessToken] = true
+		prev = tok
+	}
+	if got := stack.OAuth2.RefreshCalls() - calls; got != 3 {
+		t.Fatalf("%d refreshes for three forced requests, want 3", got)
+	}
+	// Naming a replaced token: the current one, nothing asked.
+	for range 5 {
+		tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: "not-the-stored-token"})
+		if err != nil || tok.AccessToken != prev.AccessToken {
+			t.Fatalf("forced refresh naming an old token: %v", err)
+		}
+	}
+	if got := stack.OAuth2.RefreshCalls() - calls; got != 3 {
+		t.Fatalf("after naming old tokens: %d refreshes, want 3", got)
 	}
 }
 
@@ -203,7 +216,7 @@ func TestWeChatQuotaPerAppIDAndChinaDay(t *testing.T) {
 	now := f.clock.Now()
 	f.clock.Add(time.Date(now.Year(), now.Month(), now.Day()+1, 15, 0, 0, 0, time.UTC).Sub(now))
 	force := func(name string) error {
-		f.clock.Add(broker.ForceWindow)
+		f.clock.Add(broker.MaxShortBackoff)
 		_, err := f.b.Token(ctx, broker.TokenRequest{Key: store.Key{Provider: name, Connection: broker.MachineConnection}, Force: true})
 		return err
 	}
@@ -258,7 +271,7 @@ func TestNewActiveKeyIsPickedUpOnFirstSight(t *testing.T) {
 	// The operator adds k2 and makes it active; a new instance seals with it.
 	put("/token-keys", ring("k2", "k1", "k2"), ssmtypes.ParameterTypeSecureString)
 	fresh := f.sibling(t)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	sealedK2, err := fresh.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 	if err != nil {
 		t.Fatal(err)
@@ -451,7 +464,7 @@ func orphanNotice(t *testing.T, f *fixture, conn string) store.Key {
 	t.Helper()
 	k := store.Key{Provider: devstack.OAuth2, Connection: conn}
 	f.authorize(t, k)
-	f.clock.Add(broker.ForceWindow)
+	f.clock.Add(broker.MaxShortBackoff)
 	stack.OAuth2.Inject("/token", emulator.OAuthError(400, "invalid_grant", "gone"), 1)
 	writer := f.b.Notifier
 	f.b.Notifier = failingNotifier{}
@@ -487,8 +500,8 @@ func TestSinaCloudWithoutRefreshPermission(t *testing.T) {
 	f.authorize(t, k)
 	first, _ := f.store.Get(ctx, k, true)
 	emu.NoRefreshPermission = true
-	f.clock.Add(broker.ForceWindow)
-	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
+	f.clock.Add(6*24*time.Hour + 12*time.Hour) // due (a week's token, 10% lead)
+	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 24 * time.Hour})
 	if err != nil || tok.AccessToken != first.AccessToken {
 		t.Fatalf("a refused refresh must keep serving the token: %v", err)
 	}
@@ -499,30 +512,28 @@ func TestSinaCloudWithoutRefreshPermission(t *testing.T) {
 	if got := f.count(t, telemetry.RefreshNotPermitted, map[string]string{"Provider": name}); got != 1 {
 		t.Fatalf("RefreshNotPermitted %v, want 1", got)
 	}
-	// Nothing more is asked of the provider before expiry, by requests or ticks.
+	// Nothing more is asked of the provider while the refusal is
+	// remembered (DenialMemory), by requests or ticks.
 	calls := emu.Calls("/oauth2/access_token")
 	for i := 0; i < 3; i++ {
-		f.clock.Add(time.Hour)
+		f.clock.Add(15 * time.Minute)
 		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 24 * time.Hour}); err != nil {
 			t.Fatal(err)
 		}
 		if sum, err := f.b.RefreshDue(ctx); err != nil || sum.Due != 0 {
-			t.Fatalf("due before expiry: %+v %v", sum, err)
-		}
-		f.clock.Add(broker.ForceWindow)
-		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
-			t.Fatal(err)
+			t.Fatalf("due while the refusal is remembered: %+v %v", sum, err)
 		}
 	}
 	if emu.Calls("/oauth2/access_token") != calls {
-		t.Fatal("the provider was asked again to refresh a grant it will not refresh")
+		t.Fatal("the provider was asked again while its refusal is remembered")
 	}
-	// At expiry the refresher ends it.
+	// At expiry the refresher asks once more, is refused, and ends it.
 	f.clock.Add(first.ExpiresAt.Sub(f.clock.Now()) + time.Second)
 	sum, err := f.b.RefreshDue(ctx)
 	if err != nil || sum.NeedsReauth != 1 {
 		t.Fatalf("at expiry: %+v %v", sum, err)
 	}
+	calls++
 	evs := eventsAbout(receiveAll(t, sink), k)
 	if len(evs) != 1 || !strings.Contains(fmt.Sprint(evs[0]["detail"]), "refresh permission") {
 		t.Fatalf("events %v", evs)

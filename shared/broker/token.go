@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"time"
 
@@ -24,9 +26,16 @@ type Token struct {
 type TokenRequest struct {
 	Key    store.Key
 	MinTTL time.Duration
-	// Force refreshes even a valid token (POST …/refresh), at most once
-	// per ForceWindow per connection.
+	// Force asks for a token the provider issued after this request
+	// arrived (POST …/refresh): the caller holds evidence that the stored
+	// one does not work. A refresh that commits after the request arrived
+	// satisfies it, so concurrent forced requests share one provider call.
 	Force bool
+	// Rejected, with Force, names the access token the caller saw
+	// rejected. A stored token that is another one is served as a plain
+	// token request would be, with no provider call: someone already
+	// replaced the rejected one.
+	Rejected string
 	// Caller is the IAM ARN, for the audit line.
 	Caller string
 }
@@ -53,6 +62,9 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 	}
 	conn, err := e.store.Get(ctx, req.Key, true)
 	if errors.Is(err, store.ErrNotFound) && e.cfg.Machine() {
+		// The first fetch is issued after the request arrived, which is
+		// all a forced request asks.
+		req.Force = false
 		conn, err = b.firstMachineToken(ctx, e, req.Key)
 		var moved *movedOn
 		if errors.As(err, &moved) {
@@ -95,7 +107,7 @@ func (b *Broker) firstMachineToken(ctx context.Context, e *env, k store.Key) (*s
 	if err != nil {
 		return nil, err
 	}
-	return b.refreshHeld(ctx, e, conn, hold)
+	return b.refreshHeld(ctx, e, conn, hold, false)
 }
 
 // wechatGlobalByToken is WeChat's cgi-bin/token mode, where every fetch
@@ -117,6 +129,11 @@ func effectiveExpiry(cfg provider.Config, c *store.Connection) time.Time {
 	return c.ExpiresAt
 }
 
+// stableRenewable is the most of a WeChat stable token's life a caller can
+// demand: inside its last five minutes stable_token issues a new token; a
+// minute's margin keeps the broker's clock and WeChat's from disagreeing.
+const stableRenewable = (provider.WeChatStableRenewWindow - 60) * time.Second
+
 // usable reports whether c can be handed out for at least minTTL.
 func usable(cfg provider.Config, c *store.Connection, minTTL time.Duration, now time.Time) bool {
 	if c.Status != store.StatusActive || c.AccessToken == "" {
@@ -136,6 +153,12 @@ func attainable(cfg provider.Config, c *store.Connection, minTTL time.Duration) 
 	if wechatGlobalByToken(cfg) {
 		return min(minTTL, time.Minute)
 	}
+	if wechatStable(cfg) {
+		// stable_token hands back the same token, with what is left of its
+		// life, until its last five minutes: asking sooner brings nothing
+		// new and would be repeated for every request that wants more.
+		return min(minTTL, stableRenewable)
+	}
 	if c.ExpiresAt.IsZero() || c.RefreshedAt.IsZero() {
 		return minTTL
 	}
@@ -145,14 +168,6 @@ func attainable(cfg provider.Config, c *store.Connection, minTTL time.Duration) 
 	}
 	limit := max(life-refreshLead(cfg, life), life/2)
 	return min(minTTL, limit)
-}
-
-// lastAttempt is when a refresh of c last completed, well or not.
-func lastAttempt(c *store.Connection) time.Time {
-	if c.LastErrorAt.After(c.RefreshedAt) {
-		return c.LastErrorAt
-	}
-	return c.RefreshedAt
 }
 
 // decision is what a reader does with what it read.
@@ -171,45 +186,72 @@ func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req To
 	// A successful refresh of this grant committed since this request first
 	// read it is the best the provider will give: use it, even if the
 	// provider's lifetime is shorter than min_ttl, rather than refresh again.
-	if c.Generation == start.Generation && c.Version > start.Version && c.Status == store.StatusActive &&
+	// It also keeps a forced request's word: that token was issued after
+	// the request arrived.
+	// A new grant stored meanwhile (re-authorized) was also issued after
+	// the request arrived.
+	if c.Fence() != start && c.Status == store.StatusActive &&
 		c.LastError == "" && c.AccessToken != "" && (c.ExpiresAt.IsZero() || c.ExpiresAt.After(now)) {
 		return serve, nil
 	}
-	if c.Status == store.StatusNeedsReauth && !(req.Force && e.cfg.Machine()) {
+	force := req.Force
+	if force && req.Rejected != "" && !sameToken(c.AccessToken, req.Rejected) {
+		// The rejected token is no longer the stored one: whoever replaced
+		// it did what the caller asks. Serve as a plain request would.
+		force = false
+	}
+	if c.Status == store.StatusNeedsReauth && !(force && e.cfg.Machine()) {
 		return refuse, needsReauth(c)
 	}
 	if c.Status == store.StatusActive && !refreshable(c, e.cfg) {
+		if force {
+			return refuse, Errorf(CodeNotRefreshable, "connection %s has no refresh token: the provider cannot issue a new token without its user; authorize it again to replace the token", c.Key)
+		}
 		// Nothing to refresh with: hand out what is left (a token with no
 		// expiry never needs refreshing), and only once it has expired ask
 		// for a new authorization.
 		if c.ExpiresAt.IsZero() || c.ExpiresAt.After(now) {
 			return serve, nil
 		}
-		reason := "the access token expired and the provider gave no refresh token"
-		if c.RefreshDenied != "" {
-			reason = "the access token expired and " + c.RefreshDenied
-		}
-		return refuse, b.markNeedsReauth(ctx, e, c, reason, "", nil)
+		return refuse, b.markNeedsReauth(ctx, e, c, "the access token expired and the provider gave no refresh token", "", nil)
 	}
-	if req.Force {
-		if usable(e.cfg, c, 0, now) && now.Sub(lastAttempt(c)) < ForceWindow {
-			return serve, nil
+	if force {
+		// The caller says the token does not work: only the short schedule
+		// of a failure just recorded holds it back.
+		if c.LastError != "" && now.Before(c.RetryAt) {
+			return refuse, retryLater(c.RetryAt, now, nil, "refreshing %s failed (%s); the next attempt is allowed at %s", c.Key, c.LastError, c.RetryAt.UTC().Format(time.RFC3339))
 		}
 		return refresh, nil
+	}
+	if denied(c, now) && c.ExpiresAt.After(now) {
+		// The provider refused to refresh for this app a short while ago:
+		// serve what is left rather than ask again at every request. At
+		// expiry, the provider is asked once more before the user is.
+		return serve, nil
 	}
 	if usable(e.cfg, c, attainable(e.cfg, c, req.MinTTL), now) {
 		return serve, nil
 	}
-	if c.LastError != "" && now.Before(c.RefreshAt) {
-		// The last refresh failed and its retry is scheduled: serve the old
-		// token while it works, else say why there is none, rather than
+	if c.LastError != "" {
+		// The last refresh failed: serve the old token while it works and
+		// its retry on the long schedule has not come, else tell the caller
+		// when the short schedule allows the next attempt, rather than
 		// hammer a failing provider from every request.
-		if usable(e.cfg, c, 0, now) {
+		if usable(e.cfg, c, 0, now) && now.Before(c.RefreshAt) {
 			return serve, nil
 		}
-		return refuse, Errorf(CodeProviderUnavailable, "refreshing %s failed (%s); it is retried at %s", c.Key, c.LastError, c.RefreshAt.UTC().Format(time.RFC3339))
+		if !usable(e.cfg, c, 0, now) && now.Before(c.RetryAt) {
+			return refuse, retryLater(c.RetryAt, now, nil, "refreshing %s failed (%s); the next attempt is allowed at %s", c.Key, c.LastError, c.RetryAt.UTC().Format(time.RFC3339))
+		}
 	}
 	return refresh, nil
+}
+
+// sameToken compares two tokens by their digests in constant time, so
+// the comparison's duration tells nothing about the stored token.
+func sameToken(stored, named string) bool {
+	a, b := sha256.Sum256([]byte(stored)), sha256.Sum256([]byte(named))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
 // ensureFresh is DESIGN.md's refresh protocol: use a valid token; else take
@@ -241,11 +283,17 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 			}
 			held, err := e.store.AcquireLease(ctx, c.Key, c.Fence(), b.newLease(hold))
 			if err == nil {
-				out, err := b.refreshHeld(ctx, e, held, hold)
+				forced := req.Force && (req.Rejected == "" || sameToken(held.AccessToken, req.Rejected))
+				out, err := b.refreshHeld(ctx, e, held, hold, forced)
 				var moved *movedOn
 				if errors.As(err, &moved) {
 					c = moved.current
 					continue
+				}
+				if err == nil && forced && out.RefreshDenied != "" {
+					// The caller says this token does not work, and the
+					// provider will not replace it: serving it would not help.
+					return nil, Errorf(CodeProviderError, "%s", out.RefreshDenied)
 				}
 				return out, err
 			}
@@ -286,12 +334,16 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 		if err != nil {
 			return nil, asAppError(err, "connection")
 		}
-		if next.Fence() != c.Fence() && next.Status == store.StatusActive && next.LastError != "" && !next.Leased(b.now()) {
+		if now := b.now(); next.Fence() != c.Fence() && next.Status == store.StatusActive && next.LastError != "" && !next.Leased(now) {
 			// The holder failed transiently and recorded it: serve the old
-			// token while it works, else report the failure, instead of
-			// hammering the provider from every waiter.
-			if usable(e.cfg, next, 0, b.now()) {
+			// token while it works (unless this caller says it does not),
+			// else report the failure and when the next attempt is allowed,
+			// instead of hammering the provider from every waiter.
+			if !req.Force && usable(e.cfg, next, 0, now) {
 				return next, nil
+			}
+			if now.Before(next.RetryAt) {
+				return nil, retryLater(next.RetryAt, now, nil, "refreshing %s failed: %s", c.Key, next.LastError)
 			}
 			return nil, Errorf(CodeProviderUnavailable, "refreshing %s failed: %s", c.Key, next.LastError)
 		}

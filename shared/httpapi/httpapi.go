@@ -33,6 +33,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeForbidden:           http.StatusForbidden,
 	broker.CodeNotFound:            http.StatusNotFound,
 	broker.CodeNeedsReauth:         http.StatusConflict,
+	broker.CodeNotRefreshable:      http.StatusConflict,
 	broker.CodeProviderError:       http.StatusBadGateway,
 	broker.CodeProviderUnavailable: http.StatusServiceUnavailable,
 	broker.CodeInternal:            http.StatusInternalServerError,
@@ -96,7 +97,13 @@ func (h *Handler) errorResponse(ctx context.Context, err error) Response {
 		level = slog.LevelError
 	}
 	h.log().Log(ctx, level, "request failed", "code", string(code), "status", status, "error", err.Error())
-	return jsonResponse(status, map[string]string{"error": string(code), "message": broker.ErrorMessage(err)})
+	resp := jsonResponse(status, map[string]string{"error": string(code), "message": broker.ErrorMessage(err)})
+	if wait := broker.RetryAfter(err); wait > 0 && status == http.StatusServiceUnavailable {
+		// Whole seconds, rounded up: a caller that waits this long finds
+		// the next attempt allowed.
+		resp.Headers["Retry-After"] = strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10)
+	}
+	return resp
 }
 
 // request is the part of an HTTP API payload 2.0 event the handlers read.
@@ -366,7 +373,20 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 		}
 		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: minTTL, Caller: caller}), nil
 	case method == http.MethodPost && suffix == "refresh":
-		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: broker.DefaultMinTTL, Force: true, Caller: caller}), nil
+		var in struct {
+			RejectedToken *string `json:"rejected_token"`
+		}
+		if err := readJSON(ev, &in, `{"rejected_token":"…"}`); err != nil {
+			return h.errorResponse(ctx, err), nil
+		}
+		req := broker.TokenRequest{Key: key, MinTTL: broker.DefaultMinTTL, Force: true, Caller: caller}
+		if in.RejectedToken != nil {
+			if *in.RejectedToken == "" {
+				return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "rejected_token must be the access token the caller saw rejected; send no body to force a refresh without naming one")), nil
+			}
+			req.Rejected = *in.RejectedToken
+		}
+		return h.token(ctx, req), nil
 	case method == http.MethodGet && suffix == "":
 		st, err := h.Core.Status(ctx, key)
 		if err != nil {

@@ -56,6 +56,9 @@ type Config struct {
 	// token whose answer gives no expiry or one the broker cannot read.
 	// 0: such a token has no known expiry.
 	DefaultExpiresIn int `json:"default_expires_in,omitempty"`
+	// StableForceBudget caps stable_token calls with force_refresh=true per
+	// AppID per China Standard Time day (WeChat allows 20); 10 when unset.
+	StableForceBudget int `json:"stable_force_budget,omitempty"`
 }
 
 // preset fills endpoints of a well-known provider; the document overrides it.
@@ -181,6 +184,9 @@ func (c *Config) applyDefaults() error {
 		if c.DailyQuotaBudget == 0 {
 			c.DailyQuotaBudget = 1500
 		}
+		if c.StableForceBudget == 0 {
+			c.StableForceBudget = 10
+		}
 	case KindWeChatOAuth:
 		setDefault(&c.APIBase, defaultWeChatAPI)
 		setDefault(&c.AuthorizeURL, defaultWeChatAuthorize)
@@ -261,6 +267,9 @@ func (c Config) validate() error {
 		}
 		if c.DailyQuotaBudget > 2000 {
 			return fmt.Errorf("daily_quota_budget %d exceeds WeChat's 2000 calls a day", c.DailyQuotaBudget)
+		}
+		if c.StableForceBudget < 0 || c.StableForceBudget > 20 {
+			return fmt.Errorf("stable_force_budget %d must be between 1 and WeChat's 20 forced stable_token calls a day", c.StableForceBudget)
 		}
 		return checkURL("api_base", c.APIBase, true)
 	case KindWeChatOAuth:

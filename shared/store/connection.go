@@ -76,6 +76,10 @@ type Connection struct {
 	// grant (the app lacks the permission): the token is served until it
 	// expires and the connection then needs re-authorization.
 	RefreshDenied string
+	// RetryAt is the earliest next provider call after a failed refresh
+	// when no usable token is left (the short schedule): callers before it
+	// are told to come back then. Zero: no failure waits.
+	RetryAt time.Time
 }
 
 // Fence is the connection's current generation and version.
@@ -119,6 +123,7 @@ type connectionItem struct {
 	Attempts         int               `dynamodbav:"attempts,omitempty"`
 	FailingNotified  bool              `dynamodbav:"failing_notified,omitempty"`
 	RefreshDenied    string            `dynamodbav:"refresh_denied,omitempty"`
+	RetryAtMs        int64             `dynamodbav:"retry_at,omitempty"`
 }
 
 const (
@@ -171,6 +176,9 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 	if !c.LeaseUntil.IsZero() {
 		it.LeaseUntilMs = c.LeaseUntil.UnixMilli()
 	}
+	if !c.RetryAt.IsZero() {
+		it.RetryAtMs = c.RetryAt.UnixMilli()
+	}
 	if !c.RefreshAt.IsZero() && c.Status != StatusNeedsReauth {
 		it.RefreshAt = c.RefreshAt.Unix()
 		it.DueShard = s.dueShard(c.Key)
@@ -221,6 +229,9 @@ func (s *Store) fromItem(av map[string]types.AttributeValue) (*Connection, error
 	}
 	if it.LeaseUntilMs != 0 {
 		c.LeaseUntil = time.UnixMilli(it.LeaseUntilMs).UTC()
+	}
+	if it.RetryAtMs != 0 {
+		c.RetryAt = time.UnixMilli(it.RetryAtMs).UTC()
 	}
 	if it.AccessToken != "" {
 		if c.AccessToken, err = s.Ring.Open(it.AccessToken, binding(it.PK, fieldAccess)); err != nil {

@@ -76,10 +76,19 @@ func dueItem(av map[string]types.AttributeValue) *DueItem {
 // the due index. Only one page is held at a time; visit may block to push
 // back. An error from visit stops the scan and is returned.
 func (s *Store) ScanDue(ctx context.Context, provider string, now time.Time, visit func(*DueItem) error) error {
+	return s.ScanDueFrom(ctx, provider, now, 0, visit)
+}
+
+// ScanDueFrom is ScanDue starting at shard first (modulo the configured
+// shard count) and going round: the configured shards first, then the
+// rest up to MaxDueShards. A refresher that starts each tick at another
+// shard cannot leave the last shards unread under a lasting backlog,
+// which reading 0, 1, 2, … every tick would.
+func (s *Store) ScanDueFrom(ctx context.Context, provider string, now time.Time, first int, visit func(*DueItem) error) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	for shard := 0; shard < MaxDueShards; shard++ {
+	for _, shard := range shardOrder(s.shards(), first) {
 		if err := s.queryDue(ctx, provider+"#"+strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
 			return visit(dueItem(av))
 		}); err != nil {
@@ -87,6 +96,20 @@ func (s *Store) ScanDue(ctx context.Context, provider string, now time.Time, vis
 		}
 	}
 	return nil
+}
+
+// shardOrder lists every shard up to MaxDueShards once: the configured
+// ones from first round to first-1, then those beyond the configuration.
+func shardOrder(configured, first int) []int {
+	order := make([]int, 0, MaxDueShards)
+	first = ((first % configured) + configured) % configured
+	for i := range configured {
+		order = append(order, (first+i)%configured)
+	}
+	for shard := configured; shard < MaxDueShards; shard++ {
+		order = append(order, shard)
+	}
+	return order
 }
 
 // ScanLegacyDue visits due connections still filed under the shard names

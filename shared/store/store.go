@@ -136,6 +136,9 @@ func keyAttr(pk string) map[string]types.AttributeValue {
 // count, so a connection's shard is stable and the refresher can read each
 // provider's due connections on their own, without one provider's backlog
 // standing in front of another's.
+// DueShard is the due-index shard k is filed under.
+func (s *Store) DueShard(k Key) string { return s.dueShard(k) }
+
 func (s *Store) dueShard(k Key) string {
 	return k.Provider + "#" + s.shardNumber(k.pk())
 }

@@ -357,9 +357,12 @@ type Failure struct {
 	NextAttempt time.Time // becomes refresh_at; zero takes the connection out of the due index
 	// FailingNotified is stored as the streak's announcement state.
 	FailingNotified bool
-	// RefreshDenied, when set, is stored: the provider will not refresh
-	// this grant at all.
+	// RefreshDenied, when set, is stored: the provider refused to refresh
+	// this grant for this app. A failure without it clears an earlier one.
 	RefreshDenied string
+	// RetryAt is the short schedule's next attempt (see
+	// Connection.RetryAt); zero removes it.
+	RetryAt time.Time
 }
 
 // PrepareFailure prepares recording a transient failure at the next
@@ -377,6 +380,13 @@ func (s *Store) PrepareFailure(k Key, expect Fence, f Failure, notices ...Notice
 	}
 	if f.RefreshDenied != "" {
 		upd = upd.Set(expression.Name("refresh_denied"), expression.Value(truncate(f.RefreshDenied, maxText)))
+	} else {
+		upd = upd.Remove(expression.Name("refresh_denied"))
+	}
+	if f.RetryAt.IsZero() {
+		upd = upd.Remove(expression.Name("retry_at"))
+	} else {
+		upd = upd.Set(expression.Name("retry_at"), expression.Value(f.RetryAt.UnixMilli()))
 	}
 	if f.NextAttempt.IsZero() {
 		upd = upd.Remove(expression.Name("refresh_at")).Remove(expression.Name("due_shard"))
@@ -401,8 +411,8 @@ func (s *Store) PrepareNeedsReauth(k Key, expect Fence, reason string, notices .
 }
 
 // PrepareDelete prepares removing a connection. With expect, only the
-// grant at that generation is removed (a newer authorization that arrived
-// meanwhile is a conflict); a connection already gone counts as deleted,
+// grant at that generation and version is removed (a newer authorization
+// or a refresh that committed meanwhile is a conflict); a connection already gone counts as deleted,
 // which also makes a retried delete succeed.
 func (s *Store) PrepareDelete(k Key, expect *Fence, notices ...Notice) (*Write, error) {
 	if err := s.check(); err != nil {
@@ -416,12 +426,11 @@ func (s *Store) PrepareDelete(k Key, expect *Fence, notices ...Notice) (*Write, 
 	w.del = &dynamodb.DeleteItemInput{TableName: aws.String(s.Table), Key: keyAttr(k.pk()),
 		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
 	if expect != nil {
+		// Fenced on the version too: a refresh that commits a rotated
+		// refresh token between the caller's read (and revocation) and
+		// this delete must send the caller back to revoke that one.
 		w.want = *expect
-		cond := expression.Name("generation").Equal(expression.Value(expect.Generation))
-		if expect.Generation == "" {
-			cond = expression.AttributeNotExists(expression.Name("generation"))
-		}
-		e, err := buildExpr(expression.NewBuilder().WithCondition(cond))
+		e, err := buildExpr(expression.NewBuilder().WithCondition(fenceCondition(*expect)))
 		if err != nil {
 			return nil, err
 		}

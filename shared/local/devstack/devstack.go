@@ -243,7 +243,7 @@ func (st *Stack) AgeConnection(ctx context.Context, table, provider, connection 
 	_, err := localaws.DynamoDBClient(st.Endpoints.DynamoDB).UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:           aws.String(table),
 		Key:                 map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: "conn#" + provider + "#" + connection}},
-		UpdateExpression:    aws.String("SET expires_at = :e, refreshed_at = :r, refresh_at = :d, last_error_at = :l"),
+		UpdateExpression:    aws.String("SET expires_at = :e, refreshed_at = :r, refresh_at = :d, last_error_at = :l REMOVE retry_at"),
 		ConditionExpression: aws.String("attribute_exists(pk)"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{":e": num(expires.Unix()), ":r": num(expires.Add(-7 * 24 * time.Hour).Unix()),
 			":d": num(now.Add(-time.Second).Unix()), ":l": num(now.Add(-time.Hour).Unix())},
