@@ -224,3 +224,49 @@ func TestCallbackRedirects(t *testing.T) {
 		t.Fatalf("bad state for a browser: %d %s", resp.StatusCode, resp.Body)
 	}
 }
+
+// POST …/refresh takes an optional {"rejected_token"} under the strict
+// body rules; a 503 that knows when the broker tries again says so in
+// Retry-After (whole seconds, rounded up); not_refreshable is a 409.
+func TestRefreshBodyRetryAfterAndNotRefreshable(t *testing.T) {
+	var got broker.TokenRequest
+	var answer error
+	core := &fakeCore{token: func(r broker.TokenRequest) (*broker.Token, error) {
+		got = r
+		if answer != nil {
+			return nil, answer
+		}
+		return &broker.Token{Key: r.Key, AccessToken: "new"}, nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	send := func(body string) httpapi.Response {
+		ev := loadEvent(t, "refresh.json")
+		ev["body"] = body
+		got = broker.TokenRequest{}
+		resp, _ := h.Connections(context.Background(), marshal(t, ev))
+		return resp
+	}
+	if resp := send(`{"rejected_token":"old-token"}`); resp.StatusCode != 200 || !got.Force || got.Rejected != "old-token" {
+		t.Fatalf("named: %d %+v", resp.StatusCode, got)
+	}
+	if resp := send(""); resp.StatusCode != 200 || !got.Force || got.Rejected != "" {
+		t.Fatalf("no body: %d %+v", resp.StatusCode, got)
+	}
+	for _, bad := range []string{`{"rejected_token":""}`, `{"rejected_token":1}`, `{"token":"x"}`, `{"rejected_token":"a","rejected_token":"b"}`, `{"rejected_token":"a"} {}`, `[]`} {
+		if resp := send(bad); resp.StatusCode != 400 || strings.Contains(resp.Body, `"a"`) {
+			t.Errorf("body %s: %d %s", bad, resp.StatusCode, resp.Body)
+		}
+	}
+	answer = &broker.Error{Code: broker.CodeProviderUnavailable, Message: "later", RetryAfter: 1300 * time.Millisecond}
+	if resp := send(""); resp.StatusCode != 503 || resp.Headers["Retry-After"] != "2" {
+		t.Fatalf("503: %d %v", resp.StatusCode, resp.Headers)
+	}
+	answer = broker.Errorf(broker.CodeProviderUnavailable, "no idea when")
+	if resp := send(""); resp.StatusCode != 503 || resp.Headers["Retry-After"] != "" {
+		t.Fatalf("503 without a known time: %v", resp.Headers)
+	}
+	answer = broker.Errorf(broker.CodeNotRefreshable, "no refresh token")
+	if resp := send(""); resp.StatusCode != 409 || !strings.Contains(resp.Body, `"not_refreshable"`) {
+		t.Fatalf("not_refreshable: %d %s", resp.StatusCode, resp.Body)
+	}
+}
