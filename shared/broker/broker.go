@@ -23,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -200,10 +201,17 @@ func (b *Broker) adopt(snap *config.Snapshot) (*snapshotCache, error) {
 // liveRing is the key ring the store seals and opens with. A value sealed
 // under a key id the cached ring does not know (another instance loaded a
 // newer ring, with a new active key) triggers one fresh load of the
-// configuration before it is declared unreadable.
+// configuration before it is declared unreadable. A key id that a fresh
+// load did not bring (a key removed from the ring too early) is not asked
+// for again until the ring changes: otherwise every instance of the fleet
+// would reload from SSM for each such value it reads, about once a second
+// each, and a hundred instances would exhaust SSM's rate for everyone.
 type liveRing struct {
 	b    *Broker
 	ring atomic.Pointer[sealing.Ring]
+
+	mu      sync.Mutex
+	missing map[string]*sealing.Ring // key id → the ring a reload did not find it in
 }
 
 func (r *liveRing) set(b *Broker, ring *sealing.Ring) {
@@ -221,6 +229,23 @@ func (r *liveRing) Open(sealed, binding string) (string, error) {
 	if !errors.Is(err, sealing.ErrUnknownKey) {
 		return plain, err
 	}
+	kid, _ := sealing.KeyID(sealed)
+	r.mu.Lock()
+	known := r.missing[kid] == ring
+	r.mu.Unlock()
+	if known {
+		return "", err
+	}
+	defer func() {
+		if fresh := r.ring.Load(); !slices.Contains(fresh.KeyIDs(), kid) {
+			r.mu.Lock()
+			if r.missing == nil || len(r.missing) > 64 {
+				r.missing = map[string]*sealing.Ring{}
+			}
+			r.missing[kid] = fresh
+			r.mu.Unlock()
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	snap, rerr := r.b.Config.Reload(ctx)

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
+	"github.com/tokenbroker/tokenbroker/shared/config"
 	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/sealing"
 	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
@@ -338,5 +340,49 @@ func TestDueScanStartsAtTheGivenShard(t *testing.T) {
 		if perShard[want] > 0 && visited[0] != want {
 			t.Fatalf("scan from %d began at %s, want %s", first, visited[0], want)
 		}
+	}
+}
+
+// countingConfig counts the broker's forced reloads of the real loader.
+type countingConfig struct {
+	broker.Configuration
+	mu      sync.Mutex
+	reloads int
+}
+
+func (c *countingConfig) Reload(ctx context.Context) (*config.Snapshot, error) {
+	c.mu.Lock()
+	c.reloads++
+	c.mu.Unlock()
+	return c.Configuration.Reload(ctx)
+}
+
+// Item 9b: a value sealed under a key removed from the ring made every
+// read reload the configuration (about once a second per instance, so a
+// fleet of a hundred hammered SSM). A key id a fresh load did not bring is
+// not asked for again until the ring changes.
+func TestRemovedKeyIsReloadedForOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	gone, err := sealing.NewRing("gone", map[string][]byte{"gone": make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := *f.store
+	old.Ring = gone
+	k := store.Key{Provider: devstack.OAuth2, Connection: "sealed-under-a-removed-key"}
+	if err := old.Create(ctx, &store.Connection{Key: k, Status: store.StatusActive, AccessToken: "a", RefreshToken: "r",
+		ExpiresAt: f.clock.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	counting := &countingConfig{Configuration: f.b.Config}
+	f.b.Config = counting
+	for range 10 {
+		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); broker.ErrorCode(err) != broker.CodeInternal {
+			t.Fatalf("a value no key opens: %v", err)
+		}
+	}
+	if counting.reloads != 1 {
+		t.Fatalf("%d reloads for ten reads of a value sealed under a removed key, want 1", counting.reloads)
 	}
 }

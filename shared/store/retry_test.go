@@ -279,3 +279,57 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// replayingDB stands where nothing local reaches: it cancels the first
+// transaction for a passing reason, as DynamoDB does on a
+// TransactionConflict, and answers any later call with the same client
+// request token with the same cancellation (DynamoDB keeps a token's
+// outcome for ten minutes). Calls with another token reach DynamoDB Local.
+type replayingDB struct {
+	store.DynamoDB
+	canceled map[string]bool
+	calls    int
+}
+
+func (r *replayingDB) TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, opts ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error) {
+	r.calls++
+	token := aws.ToString(in.ClientRequestToken)
+	if len(r.canceled) == 0 || r.canceled[token] {
+		r.canceled[token] = true
+		return nil, &types.TransactionCanceledException{Message: aws.String("Transaction cancelled"),
+			CancellationReasons: []types.CancellationReason{{Code: aws.String("TransactionConflict")}, {Code: aws.String("None")}}}
+	}
+	return r.DynamoDB.TransactWriteItems(ctx, in, opts...)
+}
+
+// A transaction canceled for a passing reason is retried under a client
+// request token of its own, so a replayed cancellation cannot hold it up
+// until the hold ends; the write id still recognises an applied attempt.
+func TestCanceledTransactionIsRetriedUnderANewToken(t *testing.T) {
+	ctx := context.Background()
+	_, direct, _ := faultyStore(t)
+	k := store.Key{Provider: "p", Connection: "conflict"}
+	c := &store.Connection{Key: k, Status: store.StatusActive, AccessToken: "a", RefreshToken: "r", ExpiresAt: time.Now().Add(time.Hour)}
+	if err := direct.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	db := &replayingDB{DynamoDB: direct.DB, canceled: map[string]bool{}}
+	s := *direct
+	s.DB = db
+	notice := store.Notice{ID: "n-conflict", Key: k, DetailType: "Connection Needs Reauthorization", Detail: []byte(`{}`), CreatedAt: time.Now(), DueAt: time.Now()}
+	w, err := s.PrepareNeedsReauth(k, c.Fence(), "refused", notice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := w.Apply(ctx)
+	if first == nil || !store.Retryable(first) {
+		t.Fatalf("first attempt: %v, want a retryable cancellation", first)
+	}
+	if err := w.Apply(ctx); err != nil {
+		t.Fatalf("retry after a canceled transaction: %v", err)
+	}
+	got, err := direct.Get(ctx, k, true)
+	if err != nil || got.Status != store.StatusNeedsReauth || db.calls != 2 {
+		t.Fatalf("stored %+v, %v; %d calls", got, err, db.calls)
+	}
+}

@@ -107,6 +107,14 @@ func (w *Write) Apply(ctx context.Context) error {
 		var tce *types.TransactionCanceledException
 		if errors.As(err, &tce) {
 			if len(tce.CancellationReasons) == 0 || aws.ToString(tce.CancellationReasons[0].Code) != "ConditionalCheckFailed" {
+				// Canceled for a passing reason (TransactionConflict, a
+				// throttle): nothing was applied. DynamoDB keeps a client
+				// request token's outcome for ten minutes, and a retry with
+				// the same token may be answered with the same cancellation
+				// until then, so the next attempt gets a token of its own.
+				// An earlier attempt that did apply is still recognised by
+				// the write id stored in the item.
+				w.tx.ClientRequestToken = aws.String(NewWriteID())
 				return w.fail(err)
 			}
 			old, err = tce.CancellationReasons[0].Item, errConditionFailed
