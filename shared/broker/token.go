@@ -81,9 +81,16 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 		return nil, err
 	}
 	b.Metrics.Count(telemetry.TokenServed, 1, map[string]string{"Provider": req.Key.Provider})
-	b.log().InfoContext(ctx, "token released", "audit", true, "caller", req.Caller,
-		"provider", req.Key.Provider, "connection", req.Key.Connection,
-		"token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
+	attrs := []any{"audit", true, "caller", req.Caller, "provider", req.Key.Provider, "connection", req.Key.Connection,
+		"token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt}
+	if req.Force {
+		attrs = append(attrs, "forced", true)
+	}
+	if req.Rejected != "" {
+		// Which token the caller saw rejected, for the trail; never the token.
+		attrs = append(attrs, "rejected_fingerprint", store.Fingerprint(req.Rejected))
+	}
+	b.log().InfoContext(ctx, "token released", attrs...)
 	return &Token{Key: conn.Key, AccessToken: conn.AccessToken, TokenType: conn.TokenType,
 		ExpiresAt: effectiveExpiry(e.cfg, conn), Scope: conn.Scope, Extra: conn.Extra}, nil
 }
