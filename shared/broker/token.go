@@ -190,13 +190,11 @@ const (
 // it, or refuse (err says why). start is the fence first read by this
 // request.
 func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req TokenRequest, start store.Fence, now time.Time) (decision, error) {
-	// A successful refresh of this grant committed since this request first
-	// read it is the best the provider will give: use it, even if the
-	// provider's lifetime is shorter than min_ttl, rather than refresh again.
-	// It also keeps a forced request's word: that token was issued after
-	// the request arrived.
-	// A new grant stored meanwhile (re-authorized) was also issued after
-	// the request arrived.
+	// A token stored since this request first read it (a successful
+	// refresh, or a new grant) is the best the provider will give: use it,
+	// even if the provider's lifetime is shorter than min_ttl, rather than
+	// refresh again. It also keeps a forced request's word: that token was
+	// issued after the request arrived.
 	if c.Fence() != start && c.Status == store.StatusActive &&
 		c.LastError == "" && c.AccessToken != "" && (c.ExpiresAt.IsZero() || c.ExpiresAt.After(now)) {
 		return serve, nil
