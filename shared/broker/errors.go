@@ -16,6 +16,7 @@ const (
 	CodeForbidden           Code = "forbidden"
 	CodeNotFound            Code = "not_found"
 	CodeNeedsReauth         Code = "needs_reauth"
+	CodeConflict            Code = "conflict"
 	CodeProviderError       Code = "provider_error"
 	CodeProviderUnavailable Code = "provider_unavailable"
 	CodeInternal            Code = "internal"
