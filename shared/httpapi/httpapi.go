@@ -473,7 +473,7 @@ type importBody struct {
 // 409 conflict otherwise), with the status body.
 func (h *Handler) importGrant(ctx context.Context, ev *request, key store.Key, caller string) Response {
 	var in importBody
-	if err := readJSON(ev, &in, `{"access_token":"…","refresh_token":"…","expires_in":3600,"metadata":{…}}`); err != nil {
+	if err := readJSON(ev, &in, `{"access_token":"…","refresh_token":"…","expires_in":3600,"metadata":{…},"replace":true}`); err != nil {
 		return h.errorResponse(ctx, err)
 	}
 	req := broker.ImportRequest{Key: key, AccessToken: in.AccessToken, RefreshToken: in.RefreshToken, ExpiresIn: in.ExpiresIn,
