@@ -387,7 +387,7 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 			return !pre.Replace, old, nil
 		}
 		moved := errors.Is(err, store.ErrAlreadyExists) || errors.Is(err, store.ErrVersionConflict) || errors.Is(err, store.ErrNotFound)
-		if !moved || errors.Is(err, store.ErrStateInvalid) {
+		if !moved {
 			return false, nil, asAppError(err, "connection")
 		}
 		if attempt == maxGrantAttempts {

@@ -345,6 +345,19 @@ func TestReplacedGrantRevokedOnlyWherePerToken(t *testing.T) {
 					t.Fatalf("after replacing via %s: %d revocations, want %d", via, n, want)
 				}
 			}
+			// Importing the very tokens the connection holds revokes nothing:
+			// they are the new grant's too.
+			cur, err := f.store.Get(ctx, k, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := f.b.Import(ctx, broker.ImportRequest{Key: k, AccessToken: cur.AccessToken, RefreshToken: cur.RefreshToken,
+				ExpiresIn: ptr(int64(3600)), Replace: true}); err != nil {
+				t.Fatal(err)
+			}
+			if n := o2.Calls("/revoke"); n != want {
+				t.Fatalf("after importing the current tokens: %d revocations, want %d", n, want)
+			}
 			// The grant that replaced the others is alive.
 			f.clock.Add(broker.ForceWindow)
 			if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
