@@ -23,7 +23,8 @@ type AuthorizeRequest struct {
 	// Confirm asks for the confirmed flow: the callback parks the grant
 	// and only the app's Confirm call stores it. ReturnTo is required.
 	Confirm bool
-	// Caller is the IAM ARN, for the audit line.
+	// Caller is the IAM ARN, for the audit line; its principal (see
+	// Principal) is the only one that may confirm a confirmed flow.
 	Caller string
 	// RequestBase is https://{domainName} of the incoming request, used for
 	// the callback URL when no PUBLIC_BASE_URL or redirect_uri is set.
@@ -88,7 +89,8 @@ func (b *Broker) StartAuthorization(ctx context.Context, req AuthorizeRequest) (
 	}
 	now := b.now()
 	st := &store.State{Key: req.Key, Verifier: verifier, ReturnTo: req.ReturnTo, RedirectURI: redirect,
-		Scopes: req.Scopes, Metadata: req.Metadata, Confirm: req.Confirm, CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
+		Scopes: req.Scopes, Metadata: req.Metadata, Confirm: req.Confirm, Principal: Principal(req.Caller),
+		CreatedAt: now, ExpiresAt: now.Add(StateLifetime)}
 	if err := e.store.PutState(ctx, state, st); err != nil {
 		return nil, storeError(err, "state")
 	}
@@ -151,6 +153,29 @@ type CallbackResult struct {
 // ParkLifetime is how long a confirmed flow's grant waits for the app.
 const ParkLifetime = 10 * time.Minute
 
+// Principal is the IAM principal behind a caller's ARN, as a confirmed
+// flow is bound to it: an assumed-role session
+// (arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION) becomes its role,
+// arn:aws:iam::ACCOUNT:role/ROLE, because every Lambda instance or task of
+// one app signs as another session of the same role. The session ARN does
+// not carry the role's path, so neither does the result. Any other caller
+// is taken as it is.
+func Principal(caller string) string {
+	parts := strings.SplitN(caller, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "sts" || parts[3] != "" {
+		return caller
+	}
+	rest, ok := strings.CutPrefix(parts[5], "assumed-role/")
+	if !ok {
+		return caller
+	}
+	role, session, ok := strings.Cut(rest, "/")
+	if !ok || role == "" || session == "" {
+		return caller
+	}
+	return "arn:" + parts[1] + ":iam::" + parts[4] + ":role/" + role
+}
+
 // CompleteAuthorization consumes the state once, exchanges the code (never
 // retried: the code may be spent) and stores the connection, replacing any
 // previous grant of the same connection, needs_reauth included.
@@ -161,6 +186,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	if req.State == "" {
 		return nil, Errorf(CodeBadRequest, "the callback has no state; start the authorization again")
 	}
+	stateFP := store.Fingerprint(req.State)
 	e, err := b.envFor(ctx, req.Provider)
 	if err != nil {
 		return nil, err
@@ -178,6 +204,8 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	res := &CallbackResult{Key: st.Key, ReturnTo: st.ReturnTo}
 	if req.Error != "" {
 		res.Err = Errorf(CodeForbidden, "the provider reported %s: %s", redact.Printable(req.Error, 64), redact.Printable(req.ErrorDescription, 200))
+		b.log().InfoContext(ctx, "authorization refused at the provider", "audit", true, "principal", st.Principal, "provider", st.Provider,
+			"connection", st.Connection, "state_fingerprint", stateFP, "error", redact.Printable(req.Error, 64))
 		return res, nil
 	}
 	if req.Code == "" {
@@ -188,7 +216,8 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	ts, err := e.client.Exchange(ctx, req.Code, st.RedirectURI, st.Verifier)
 	b.Metrics.Milliseconds("ProviderLatency", b.now().Sub(start), map[string]string{"Provider": req.Provider, "Op": "exchange"})
 	if err != nil {
-		b.log().WarnContext(ctx, "code exchange failed", "provider", req.Provider, "connection", st.Connection, "error", err.Error())
+		b.log().WarnContext(ctx, "code exchange failed", "audit", true, "principal", st.Principal, "provider", req.Provider, "connection", st.Connection,
+			"state_fingerprint", stateFP, "error", err.Error())
 		res.Err = exchangeError(err)
 		return res, nil
 	}
@@ -196,35 +225,39 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now, Metadata: st.Metadata}
 	applyTokens(conn, ts)
 	if st.Confirm {
-		return b.park(ctx, e, conn, res)
+		return b.park(ctx, e, conn, st.Principal, stateFP, res)
 	}
 	scheduleRefresh(conn, e.cfg, now)
-	if _, err := b.storeGrant(ctx, e.store, conn, "callback"); err != nil {
+	_, old, err := b.storeGrant(ctx, e, conn, "callback", true, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
+		return e.store.PrepareReplace(conn, pre, notices...)
+	})
+	if err != nil {
 		res.Err = err
 		return res, nil
 	}
-	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "callback", "provider", st.Provider, "connection", st.Connection,
-		"account", account(conn), "token_fingerprint", store.Fingerprint(conn.AccessToken), "expires_at", conn.ExpiresAt)
+	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "callback", "principal", st.Principal, "provider", st.Provider,
+		"connection", st.Connection, "account", account(conn), "state_fingerprint", stateFP, "token_fingerprint", store.Fingerprint(conn.AccessToken),
+		"expires_at", conn.ExpiresAt, "replaced", old != nil)
 	return res, nil
 }
 
 // park holds a confirmed flow's grant, sealed, for ParkLifetime; the
 // connection itself is untouched.
-func (b *Broker) park(ctx context.Context, e *env, conn *store.Connection, res *CallbackResult) (*CallbackResult, error) {
+func (b *Broker) park(ctx context.Context, e *env, conn *store.Connection, principal, stateFP string, res *CallbackResult) (*CallbackResult, error) {
 	id, err := b.randomString(32)
 	if err != nil {
 		res.Err = wrap(CodeInternal, err, "no randomness")
 		return res, nil
 	}
 	now := b.now()
-	p := &store.Parked{Key: conn.Key, Grant: conn, CreatedAt: now, ExpiresAt: now.Add(ParkLifetime)}
+	p := &store.Parked{Key: conn.Key, Grant: conn, Principal: principal, StateFingerprint: stateFP, CreatedAt: now, ExpiresAt: now.Add(ParkLifetime)}
 	if err := e.store.Park(ctx, id, p); err != nil {
 		res.Err = storeError(err, "parked grant")
 		return res, nil
 	}
 	res.ConnectID = id
-	b.log().InfoContext(ctx, "grant parked for confirmation", "audit", true, "provider", conn.Provider, "connection", conn.Connection,
-		"account", account(conn), "connect_id_fingerprint", store.Fingerprint(id), "token_fingerprint", store.Fingerprint(conn.AccessToken))
+	b.log().InfoContext(ctx, "grant parked for confirmation", "audit", true, "principal", principal, "provider", conn.Provider, "connection", conn.Connection,
+		"account", account(conn), "state_fingerprint", stateFP, "connect_id_fingerprint", store.Fingerprint(id), "token_fingerprint", store.Fingerprint(conn.AccessToken))
 	return res, nil
 }
 
@@ -232,14 +265,20 @@ func (b *Broker) park(ctx context.Context, e *env, conn *store.Connection, res *
 type ConfirmRequest struct {
 	Key       store.Key
 	ConnectID string
-	Caller    string
+	// Caller is the IAM ARN; its principal must be the one that started
+	// the flow.
+	Caller string
 }
 
 // Confirm stores the grant parked under req.ConnectID as req.Key's
 // connection: the app, which knows its logged-in user, vouches that this
 // user completed this flow. The claim and the store are one transaction,
-// so a connect id works once. Codes: bad_request (unknown, used, expired
-// or foreign connect id), not_found (provider), internal.
+// so a connect id works once. Only the principal that started the flow
+// may confirm it (see Principal): another gets forbidden, and the grant
+// stays parked for the right one until it expires.
+//
+// Codes: bad_request (unknown, used, expired or foreign connect id),
+// forbidden (another principal), not_found (provider), internal.
 func (b *Broker) Confirm(ctx context.Context, req ConfirmRequest) (*Status, error) {
 	if err := validKey(req.Key); err != nil {
 		return nil, err
@@ -259,24 +298,28 @@ func (b *Broker) Confirm(ctx context.Context, req ConfirmRequest) (*Status, erro
 	if err != nil {
 		return nil, storeError(err, "parked grant")
 	}
+	if principal := Principal(req.Caller); principal != p.Principal {
+		b.log().WarnContext(ctx, "confirm refused: another principal started this flow", "audit", true, "caller", req.Caller,
+			"principal", principal, "started_by", p.Principal, "provider", req.Key.Provider, "connection", req.Key.Connection,
+			"state_fingerprint", p.StateFingerprint, "connect_id_fingerprint", store.Fingerprint(req.ConnectID))
+		return nil, Errorf(CodeForbidden, "this connect flow was started by another IAM principal; only that principal may confirm it")
+	}
 	now := b.now()
 	conn := p.Grant
 	conn.CreatedAt, conn.RefreshedAt = now, now
 	scheduleRefresh(conn, e.cfg, now)
-	notice := b.authorizedNotice(e.store, conn, "confirm")
-	w, err := e.store.PrepareConfirm(req.ConnectID, conn, notice)
-	if err == nil {
-		err = b.durably(ctx, now.Add(b.budget().Commit), w)
-	}
+	_, old, err := b.storeGrant(ctx, e, conn, "confirm", true, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
+		return e.store.PrepareConfirm(req.ConnectID, p.Principal, conn, pre, notices...)
+	})
 	if errors.Is(err, store.ErrStateInvalid) {
 		return nil, bad
 	}
 	if err != nil {
-		return nil, storeError(err, "connection")
+		return nil, err
 	}
-	b.publish(ctx, e.store, notice)
-	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "confirm", "caller", req.Caller, "provider", req.Key.Provider,
-		"connection", req.Key.Connection, "account", account(conn), "token_fingerprint", store.Fingerprint(conn.AccessToken))
+	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "confirm", "caller", req.Caller, "principal", p.Principal,
+		"provider", req.Key.Provider, "connection", req.Key.Connection, "account", account(conn), "state_fingerprint", p.StateFingerprint,
+		"connect_id_fingerprint", store.Fingerprint(req.ConnectID), "token_fingerprint", store.Fingerprint(conn.AccessToken), "replaced", old != nil)
 	return &Status{Key: req.Key, Status: conn.Status, ExpiresAt: conn.ExpiresAt, RefreshedAt: conn.RefreshedAt, Metadata: conn.Metadata}, nil
 }
 
@@ -303,28 +346,95 @@ func exchangeError(err error) error {
 	return wrap(CodeProviderError, err, "the provider refused the code (%s: %s); start the authorization again", pe.Code, pe.Message)
 }
 
-// storeGrant stores a freshly authorized connection over whatever is
-// there, under a new generation, so any refresh in flight on the old grant
-// loses; the Connection Authorized event is written with it. It reports
-// whether the connection is new.
-func (b *Broker) storeGrant(ctx context.Context, st *store.Store, conn *store.Connection, via string) (created bool, err error) {
+// maxGrantAttempts bounds storeGrant's rounds against a connection that
+// keeps changing under it (each round is one conditional write).
+const maxGrantAttempts = 5
+
+// grantWrite prepares the write that stores a new grant under pre, with
+// the notices announcing it.
+type grantWrite func(pre store.Precondition, notices []store.Notice) (*store.Write, error)
+
+// storeGrant stores a freshly authorized connection under a new
+// generation, so any refresh in flight on an old grant loses. It first
+// tries to create the connection; if one is there, and replace allows it,
+// it replaces exactly the grant it found (fenced on its generation and
+// version, learned from the failed create itself, without a read). So what
+// it decides from the old grant happens once: the Connection Authorized
+// event, and Connection Recovered when the old grant's failure streak had
+// been announced, are written in the same transaction; the old grant's
+// tokens are revoked after the write, only where the provider's revocation
+// is per token. Without replace, an existing connection is a conflict.
+// It returns whether the connection is new and the grant it replaced (nil
+// when new, or when the stored item could not be decoded).
+func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection, via string, replace bool, prepare grantWrite) (created bool, old *store.Connection, err error) {
+	st := e.store
 	until := b.now().Add(b.budget().Commit)
-	notice := b.authorizedNotice(st, conn, via)
-	w, err := st.PrepareCreate(conn, notice)
-	if err == nil {
-		err = b.durably(ctx, until, w)
-	}
-	created = err == nil
-	if errors.Is(err, store.ErrAlreadyExists) {
-		if w, err = st.PrepareReplace(conn, notice); err == nil {
+	var pre store.Precondition
+	for attempt := 1; ; attempt++ {
+		notices := []store.Notice{b.authorizedNotice(st, conn, via)}
+		if old != nil && old.FailingNotified {
+			notices = append(notices, b.recoveredNotice(st, conn))
+		}
+		w, err := prepare(pre, notices)
+		if err == nil {
 			err = b.durably(ctx, until, w)
 		}
+		if err == nil {
+			b.publish(ctx, st, notices...)
+			if old != nil {
+				b.revokeReplaced(ctx, e, old, conn)
+			}
+			return !pre.Replace, old, nil
+		}
+		moved := errors.Is(err, store.ErrAlreadyExists) || errors.Is(err, store.ErrVersionConflict) || errors.Is(err, store.ErrNotFound)
+		if !moved {
+			return false, nil, asAppError(err, "connection")
+		}
+		if attempt == maxGrantAttempts {
+			return false, nil, wrap(CodeInternal, err, "connection %s kept changing while being stored; try again", conn.Key)
+		}
+		old = w.Existing
+		switch {
+		case old == nil && errors.Is(err, store.ErrNotFound):
+			pre = store.Precondition{} // deleted meanwhile: create it
+		case !replace:
+			return false, nil, Errorf(CodeConflict, "connection %s exists; send \"replace\": true to replace its grant", conn.Key)
+		case old == nil:
+			pre = store.Precondition{Replace: true} // an item that cannot be decoded: overwrite it
+		default:
+			at := old.Fence()
+			pre = store.Precondition{Replace: true, At: &at}
+		}
 	}
-	if err != nil {
-		return false, storeError(err, "connection")
+}
+
+// revokeReplaced revokes, where the provider's revocation is per token,
+// the grant a new authorization replaced, so no live credential of it is
+// left behind. Where revocation ends the user's whole grant (Google), it
+// would end the new grant of the same user too, so nothing is revoked. A
+// token the new grant still holds (an import of the same tokens) is kept.
+func (b *Broker) revokeReplaced(ctx context.Context, e *env, old, now *store.Connection) {
+	if !e.cfg.RevokesPerToken() {
+		return
 	}
-	b.publish(ctx, st, notice)
-	return created, nil
+	current := func(t string) bool { return t == now.AccessToken || t == now.RefreshToken }
+	token, hint := old.RefreshToken, "refresh_token"
+	if token == "" || current(token) {
+		token, hint = old.AccessToken, "access_token"
+	}
+	if token == "" || current(token) {
+		return
+	}
+	left := b.left(ctx, b.budget().Provider)
+	if left <= 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
+	defer cancel()
+	if err := e.client.Revoke(rctx, token, hint); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+		b.log().WarnContext(ctx, "revoking the replaced grant failed", "provider", old.Provider, "connection", old.Connection,
+			"token_fingerprint", store.Fingerprint(token), "error", err.Error())
+	}
 }
 
 // applyTokens writes a provider's answer onto a connection. A refresh

@@ -18,6 +18,7 @@ const (
 	CodeNotFound            Code = "not_found"
 	CodeNeedsReauth         Code = "needs_reauth"
 	CodeNotRefreshable      Code = "not_refreshable"
+	CodeConflict            Code = "conflict"
 	CodeProviderError       Code = "provider_error"
 	CodeProviderUnavailable Code = "provider_unavailable"
 	CodeInternal            Code = "internal"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -110,22 +111,57 @@ type ImportRequest struct {
 	ExpiresAt *time.Time
 	TokenType string
 	Scope     string
-	Extra     map[string]string
-	Metadata  map[string]string
-	Caller    string
+	// Extra holds what the importer says the provider told it (openid,
+	// unionid, uid, sub, is_snapshotuser). It is the importer's word, not
+	// the provider's: each is kept as asserted_<name> (a name already
+	// spelled asserted_<name> is taken as is), never under the name the
+	// provider's own answers use, and never as the account of Connection
+	// Authorized.
+	Extra    map[string]string
+	Metadata map[string]string
+	// Replace allows replacing an existing connection's grant; without it
+	// an existing connection is a conflict and nothing changes.
+	Replace bool
+	Caller  string
 }
 
 // importableExtra are the provider identifiers an import may carry; like
 // a provider's answer, nothing else is stored outside the sealed tokens.
 var importableExtra = map[string]bool{"openid": true, "unionid": true, "uid": true, "sub": true, "is_snapshotuser": true}
 
-// Import stores an existing grant, sealed and scheduled like any other,
-// replacing the connection if there is one. created reports a new
-// connection. A grant with a refresh token but no known expiry is
-// refreshed right away, so its expiry becomes known.
+// AssertedPrefix marks an extra that an importer asserted, as opposed to
+// one the provider itself answered: an import's extra.sub is served as
+// extra.asserted_sub, so a backend never takes it for the provider's word.
+const AssertedPrefix = "asserted_"
+
+// assertedExtra renames an import's extras to their asserted_ names.
+func assertedExtra(in map[string]string) (map[string]string, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(in))
+	for k, v := range in {
+		name := strings.TrimPrefix(k, AssertedPrefix)
+		if !importableExtra[name] || len(v) > 256 {
+			return nil, Errorf(CodeBadRequest, "extra may hold only openid, unionid, uid, sub and is_snapshotuser (at most 256 characters each); %.40q is not kept", k)
+		}
+		if prev, dup := out[AssertedPrefix+name]; dup && prev != v {
+			return nil, Errorf(CodeBadRequest, "extra gives %s and %s%s with different values", name, AssertedPrefix, name)
+		}
+		out[AssertedPrefix+name] = v
+	}
+	return out, nil
+}
+
+// Import stores an existing grant, sealed and scheduled like any other.
+// An existing connection is replaced only with req.Replace (conflict
+// otherwise, nothing changed); created reports a new connection. A grant
+// with a refresh token but no known expiry is refreshed right away, so
+// its expiry becomes known. Identity fields in req.Extra are kept as
+// asserted (see ImportRequest.Extra).
 //
-// Codes: bad_request (body, machine providers), not_found (provider),
-// internal.
+// Codes: bad_request (body, machine providers), conflict (exists, no
+// replace), not_found (provider), internal.
 func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, created bool, err error) {
 	if err := validKey(req.Key); err != nil {
 		return nil, false, err
@@ -139,10 +175,9 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 	if len(req.TokenType) > 64 || len(req.Scope) > 2048 {
 		return nil, false, Errorf(CodeBadRequest, "token_type or scope too long")
 	}
-	for k, v := range req.Extra {
-		if !importableExtra[k] || len(v) > 256 {
-			return nil, false, Errorf(CodeBadRequest, "extra may hold only openid, unionid, uid, sub and is_snapshotuser (at most 256 characters each); %.40q is not kept", k)
-		}
+	extra, err := assertedExtra(req.Extra)
+	if err != nil {
+		return nil, false, err
 	}
 	if err := ValidateMetadata(req.Metadata); err != nil {
 		return nil, false, err
@@ -156,7 +191,7 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 	}
 	now := b.now()
 	conn := &store.Connection{Key: req.Key, Kind: e.cfg.Kind, AccessToken: req.AccessToken, RefreshToken: req.RefreshToken,
-		TokenType: req.TokenType, Scope: req.Scope, Extra: req.Extra, Metadata: req.Metadata, Status: store.StatusActive,
+		TokenType: req.TokenType, Scope: req.Scope, Extra: extra, Metadata: req.Metadata, Status: store.StatusActive,
 		CreatedAt: now, RefreshedAt: now}
 	if conn.TokenType == "" {
 		conn.TokenType = "Bearer"
@@ -176,7 +211,9 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 		conn.ExpiresAt = now // unknown: refresh at once
 	}
 	scheduleRefresh(conn, e.cfg, now)
-	created, err = b.storeGrant(ctx, e.store, conn, "import")
+	created, _, err = b.storeGrant(ctx, e, conn, "import", req.Replace, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
+		return e.store.PrepareReplace(conn, pre, notices...)
+	})
 	if err != nil {
 		return nil, false, err
 	}

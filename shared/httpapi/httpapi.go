@@ -34,6 +34,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeNotFound:            http.StatusNotFound,
 	broker.CodeNeedsReauth:         http.StatusConflict,
 	broker.CodeNotRefreshable:      http.StatusConflict,
+	broker.CodeConflict:            http.StatusConflict,
 	broker.CodeProviderError:       http.StatusBadGateway,
 	broker.CodeProviderUnavailable: http.StatusServiceUnavailable,
 	broker.CodeInternal:            http.StatusInternalServerError,
@@ -483,17 +484,20 @@ type importBody struct {
 	Scope        string            `json:"scope"`
 	Extra        map[string]string `json:"extra"`
 	Metadata     map[string]string `json:"metadata"`
+	// Replace is the precondition for replacing an existing connection.
+	Replace bool `json:"replace"`
 }
 
 // importGrant serves PUT /connections/{provider}/{connection}: 201 when
-// created, 200 when it replaced a connection, with the status body.
+// created, 200 when it replaced a connection (only with "replace": true;
+// 409 conflict otherwise), with the status body.
 func (h *Handler) importGrant(ctx context.Context, ev *request, key store.Key, caller string) Response {
 	var in importBody
-	if err := readJSON(ev, &in, `{"access_token":"…","refresh_token":"…","expires_in":3600,"metadata":{…}}`); err != nil {
+	if err := readJSON(ev, &in, `{"access_token":"…","refresh_token":"…","expires_in":3600,"metadata":{…},"replace":true}`); err != nil {
 		return h.errorResponse(ctx, err)
 	}
 	req := broker.ImportRequest{Key: key, AccessToken: in.AccessToken, RefreshToken: in.RefreshToken, ExpiresIn: in.ExpiresIn,
-		TokenType: in.TokenType, Scope: in.Scope, Extra: in.Extra, Metadata: in.Metadata, Caller: caller}
+		TokenType: in.TokenType, Scope: in.Scope, Extra: in.Extra, Metadata: in.Metadata, Replace: in.Replace, Caller: caller}
 	if in.ExpiresAt != nil {
 		at, err := time.Parse(time.RFC3339, *in.ExpiresAt)
 		if err != nil {

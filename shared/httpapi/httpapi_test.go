@@ -75,7 +75,7 @@ func marshal(t *testing.T, ev map[string]any) json.RawMessage {
 func TestErrorCodeTable(t *testing.T) {
 	want := map[broker.Code]int{
 		broker.CodeBadRequest: 400, broker.CodeUnauthorized: 401, broker.CodeForbidden: 403, broker.CodeNotFound: 404,
-		broker.CodeNeedsReauth: 409, broker.CodeProviderError: 502, broker.CodeProviderUnavailable: 503, broker.CodeInternal: 500,
+		broker.CodeNeedsReauth: 409, broker.CodeConflict: 409, broker.CodeProviderError: 502, broker.CodeProviderUnavailable: 503, broker.CodeInternal: 500,
 	}
 	for code, status := range want {
 		core := &fakeCore{token: func(broker.TokenRequest) (*broker.Token, error) { return nil, broker.Errorf(code, "msg for %s", code) }}
@@ -268,5 +268,50 @@ func TestRefreshBodyRetryAfterAndNotRefreshable(t *testing.T) {
 	answer = broker.Errorf(broker.CodeNotRefreshable, "no refresh token")
 	if resp := send(""); resp.StatusCode != 409 || !strings.Contains(resp.Body, `"not_refreshable"`) {
 		t.Fatalf("not_refreshable: %d %s", resp.StatusCode, resp.Body)
+	}
+}
+
+// PUT /connections/{p}/{c} passes "replace" to the core and maps its
+// answers: 201 created, 200 replaced, 409 conflict without replace.
+func TestImportReplacePrecondition(t *testing.T) {
+	exists := map[string]bool{"alice": true}
+	var got []broker.ImportRequest
+	core := &fakeCore{imp: func(r broker.ImportRequest) (*broker.Status, bool, error) {
+		got = append(got, r)
+		if exists[r.Key.Connection] && !r.Replace {
+			return nil, false, broker.Errorf(broker.CodeConflict, "connection exists")
+		}
+		return &broker.Status{Key: r.Key, Status: store.StatusActive}, !exists[r.Key.Connection], nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	for _, tc := range []struct {
+		conn, body string
+		status     int
+		replace    bool
+	}{
+		{"alice", `{"access_token":"a"}`, 409, false},
+		{"alice", `{"access_token":"a","replace":false}`, 409, false},
+		{"alice", `{"access_token":"a","replace":true}`, 200, true},
+		{"bob", `{"access_token":"a"}`, 201, false},
+		{"bob", `{"access_token":"a","replace":true}`, 201, true},
+	} {
+		got = nil
+		ev := loadEvent(t, "authorize.json")
+		ev["body"] = tc.body
+		ev["rawPath"] = "/connections/oauth2/" + tc.conn
+		ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": tc.conn}
+		ev["requestContext"].(map[string]any)["http"].(map[string]any)["method"] = "PUT"
+		resp, err := h.Connections(context.Background(), marshal(t, ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]any
+		_ = json.Unmarshal([]byte(resp.Body), &body)
+		if resp.StatusCode != tc.status || len(got) != 1 || got[0].Replace != tc.replace {
+			t.Errorf("%s %s: %d %s (core saw %+v)", tc.conn, tc.body, resp.StatusCode, resp.Body, got)
+		}
+		if tc.status == 409 && body["error"] != "conflict" {
+			t.Errorf("%s %s: error %v, want conflict", tc.conn, tc.body, body["error"])
+		}
 	}
 }

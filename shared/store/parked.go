@@ -21,9 +21,15 @@ import (
 // started for.
 type Parked struct {
 	Key
-	Grant     *Connection // the tokens, in the clear after Get
-	CreatedAt time.Time
-	ExpiresAt time.Time
+	Grant *Connection // the tokens, in the clear after Get
+	// Principal is the flow's starting principal (State.Principal): only
+	// it may confirm.
+	Principal string
+	// StateFingerprint is Fingerprint of the flow's state value, so the
+	// confirm's audit line links to the authorize and callback ones.
+	StateFingerprint string
+	CreatedAt        time.Time
+	ExpiresAt        time.Time
 }
 
 type parkedItem struct {
@@ -40,6 +46,8 @@ type parkedItem struct {
 	RefreshExpiresAt int64             `dynamodbav:"refresh_expires_at,omitempty"`
 	Extra            map[string]string `dynamodbav:"extra,omitempty"`
 	Metadata         map[string]string `dynamodbav:"metadata,omitempty"`
+	Principal        string            `dynamodbav:"principal,omitempty"`
+	StateFingerprint string            `dynamodbav:"state_fingerprint,omitempty"`
 	CreatedAt        int64             `dynamodbav:"created_at"`
 	ExpiresAt        int64             `dynamodbav:"expires_at"`
 	TTL              int64             `dynamodbav:"ttl"`
@@ -63,15 +71,15 @@ func (s *Store) Park(ctx context.Context, connectID string, p *Parked) error {
 	if err := p.Key.Validate(); err != nil {
 		return err
 	}
-	if p.Grant == nil || p.ExpiresAt.IsZero() {
-		return fmt.Errorf("%w: a parked grant needs tokens and an expiry", ErrInvalid)
+	if p.Grant == nil || p.ExpiresAt.IsZero() || len(p.Principal) > maxText || len(p.StateFingerprint) > 64 {
+		return fmt.Errorf("%w: a parked grant needs tokens and an expiry, and a principal within bounds", ErrInvalid)
 	}
 	pk := parkedPK(connectID)
 	g := p.Grant
 	it := parkedItem{PK: pk, Type: "parked", Provider: p.Provider, Connection: p.Connection, Kind: g.Kind,
 		TokenType: g.TokenType, Scope: truncate(g.Scope, maxText), TokenExpiresAt: unixOrZero(g.ExpiresAt),
 		RefreshExpiresAt: unixOrZero(g.RefreshExpiresAt), Extra: g.Extra, Metadata: g.Metadata,
-		CreatedAt: unixOrZero(p.CreatedAt), ExpiresAt: p.ExpiresAt.Unix(), TTL: p.ExpiresAt.Add(time.Hour).Unix()}
+		Principal: p.Principal, StateFingerprint: p.StateFingerprint, CreatedAt: unixOrZero(p.CreatedAt), ExpiresAt: p.ExpiresAt.Unix(), TTL: p.ExpiresAt.Add(time.Hour).Unix()}
 	var err error
 	if g.AccessToken != "" {
 		if it.AccessToken, err = s.Ring.Seal(g.AccessToken, binding(pk, fieldAccess)); err != nil {
@@ -121,15 +129,18 @@ func (s *Store) GetParked(ctx context.Context, connectID string, k Key) (*Parked
 			return nil, fmt.Errorf("%w: parked refresh token: %w", ErrCorrupt, err)
 		}
 	}
-	return &Parked{Key: k, Grant: g, CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: time.Unix(it.ExpiresAt, 0).UTC()}, nil
+	return &Parked{Key: k, Grant: g, Principal: it.Principal, StateFingerprint: it.StateFingerprint,
+		CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: time.Unix(it.ExpiresAt, 0).UTC()}, nil
 }
 
 // PrepareConfirm prepares, in one transaction: claiming the grant parked
-// under connectID (only if still unclaimed, unexpired and parked for c's
-// key), storing c over whatever the connection holds under a new
-// generation, and the notices. A claim that fails is ErrStateInvalid; a
-// retry of this very write is recognised as success.
-func (s *Store) PrepareConfirm(connectID string, c *Connection, notices ...Notice) (*Write, error) {
+// under connectID (only if still unclaimed, unexpired, parked for c's key
+// and started by principal), storing c under pre (see PrepareReplace)
+// under a new generation, and the notices. A claim that fails is
+// ErrStateInvalid; a connection not as pre expects is ErrAlreadyExists or
+// a *ConflictError, with Write.Existing; a retry of this very write is
+// recognised as success.
+func (s *Store) PrepareConfirm(connectID, principal string, c *Connection, pre Precondition, notices ...Notice) (*Write, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -138,15 +149,33 @@ func (s *Store) PrepareConfirm(connectID string, c *Connection, notices ...Notic
 	}
 	c.Generation = NewWriteID()
 	w := s.newWrite("confirm", c.Key, Fence{})
+	w.create = !pre.Replace
+	if pre.At != nil {
+		w.want = *pre.At
+	}
 	connItem, err := s.toItem(c, w.ID)
 	if err != nil {
 		return nil, err
+	}
+	byPrincipal := expression.Name("principal").Equal(expression.Value(principal))
+	if principal == "" {
+		byPrincipal = expression.AttributeNotExists(expression.Name("principal"))
 	}
 	cond := expression.AttributeNotExists(expression.Name("claimed")).And(
 		expression.Name("type").Equal(expression.Value("parked")),
 		expression.Name("provider").Equal(expression.Value(c.Provider)),
 		expression.Name("connection").Equal(expression.Value(c.Connection)),
-		expression.Name("expires_at").GreaterThan(expression.Value(s.now().Unix())))
+		expression.Name("expires_at").GreaterThan(expression.Value(s.now().Unix())),
+		byPrincipal)
+	connPut := &types.Put{TableName: aws.String(s.Table), Item: connItem,
+		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}
+	if pc := pre.condition(); pc != nil {
+		ce, err := buildExpr(expression.NewBuilder().WithCondition(*pc))
+		if err != nil {
+			return nil, err
+		}
+		connPut.ConditionExpression, connPut.ExpressionAttributeNames, connPut.ExpressionAttributeValues = ce.Condition(), ce.Names(), ce.Values()
+	}
 	upd := expression.Set(expression.Name("claimed"), expression.Value(true)).Set(expression.Name("write_id"), expression.Value(w.ID))
 	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
 	if err != nil {
@@ -156,7 +185,7 @@ func (s *Store) PrepareConfirm(connectID string, c *Connection, notices ...Notic
 		{Update: &types.Update{TableName: aws.String(s.Table), Key: keyAttr(parkedPK(connectID)),
 			ConditionExpression: e.Condition(), UpdateExpression: e.Update(), ExpressionAttributeNames: e.Names(),
 			ExpressionAttributeValues: e.Values(), ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld}},
-		{Put: &types.Put{TableName: aws.String(s.Table), Item: connItem}},
+		{Put: connPut},
 	}
 	for _, n := range notices {
 		av, err := s.noticeItem(n)
@@ -166,6 +195,6 @@ func (s *Store) PrepareConfirm(connectID string, c *Connection, notices ...Notic
 		items = append(items, types.TransactWriteItem{Put: &types.Put{TableName: aws.String(s.Table), Item: av}})
 	}
 	w.tx = &dynamodb.TransactWriteItemsInput{TransactItems: items, ClientRequestToken: aws.String(w.ID)}
-	w.claim = true
+	w.claim, w.connIndex = true, 1
 	return w, nil
 }

@@ -26,7 +26,11 @@ type State struct {
 	// Metadata is stored with the connection when the authorization completes.
 	Metadata map[string]string
 	// Confirm parks the grant for the app to confirm instead of storing it.
-	Confirm   bool
+	Confirm bool
+	// Principal is the IAM principal that started the flow, normalised
+	// by the caller (an assumed role's sessions are one principal): in a
+	// confirmed flow, only it may confirm.
+	Principal string
 	CreatedAt time.Time
 	ExpiresAt time.Time
 }
@@ -42,6 +46,7 @@ type stateItem struct {
 	Scopes      []string          `dynamodbav:"scopes,omitempty"`
 	Metadata    map[string]string `dynamodbav:"metadata,omitempty"`
 	Confirm     bool              `dynamodbav:"confirm,omitempty"`
+	Principal   string            `dynamodbav:"principal,omitempty"`
 	CreatedAt   int64             `dynamodbav:"created_at"`
 	ExpiresAt   int64             `dynamodbav:"expires_at"`
 	TTL         int64             `dynamodbav:"ttl"`
@@ -77,8 +82,8 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 	if err := st.Key.Validate(); err != nil {
 		return err
 	}
-	if st.ExpiresAt.IsZero() || len(st.ReturnTo) > maxText || len(st.RedirectURI) > maxText || len(st.Scopes) > 64 {
-		return fmt.Errorf("%w: state needs an expiry, and return_to, redirect_uri and scopes within bounds", ErrInvalid)
+	if st.ExpiresAt.IsZero() || len(st.ReturnTo) > maxText || len(st.RedirectURI) > maxText || len(st.Scopes) > 64 || len(st.Principal) > maxText {
+		return fmt.Errorf("%w: state needs an expiry, and return_to, redirect_uri, scopes and principal within bounds", ErrInvalid)
 	}
 	if err := checkLabels("metadata", st.Metadata, MaxMetadata, 64, 1024); err != nil {
 		return err
@@ -87,7 +92,7 @@ func (s *Store) PutState(ctx context.Context, value string, st *State) error {
 	it := stateItem{
 		PK: pk, Type: "state", Provider: st.Provider, Connection: st.Connection,
 		ReturnTo: st.ReturnTo, RedirectURI: st.RedirectURI, Scopes: st.Scopes, Metadata: st.Metadata, Confirm: st.Confirm,
-		CreatedAt: unixOrZero(st.CreatedAt), ExpiresAt: st.ExpiresAt.Unix(),
+		Principal: st.Principal, CreatedAt: unixOrZero(st.CreatedAt), ExpiresAt: st.ExpiresAt.Unix(),
 		// DynamoDB deletes expired items late; consumers check expires_at themselves.
 		TTL: st.ExpiresAt.Add(time.Hour).Unix(),
 	}
@@ -155,7 +160,7 @@ func (s *Store) ConsumeState(ctx context.Context, value string) (*State, error) 
 	st := &State{
 		Key:      Key{Provider: it.Provider, Connection: it.Connection},
 		ReturnTo: it.ReturnTo, RedirectURI: it.RedirectURI, Scopes: it.Scopes, Metadata: it.Metadata, Confirm: it.Confirm,
-		CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: timeOrZero(it.ExpiresAt),
+		Principal: it.Principal, CreatedAt: timeOrZero(it.CreatedAt), ExpiresAt: timeOrZero(it.ExpiresAt),
 	}
 	if err := st.Key.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: state: %v", ErrCorrupt, err)

@@ -79,6 +79,13 @@ type Write struct {
 	keep bool
 	// Result is the connection as written, when the write returns it.
 	Result *Connection
+	// Existing is the connection a grant-storing write found in its way
+	// (ErrAlreadyExists, or a *ConflictError), decoded from the failed
+	// write itself; its tokens are empty where they cannot be opened.
+	Existing *Connection
+	// connIndex is the connection's place in a transaction whose first
+	// item is something else (a confirm's claim); 0 otherwise.
+	connIndex int
 	// failed is returned by Apply: the write could not be prepared.
 	failed error
 	// Noop is set when Apply succeeded because the item was already gone
@@ -101,23 +108,36 @@ func (w *Write) Apply(ctx context.Context) error {
 	}
 	var old map[string]types.AttributeValue
 	var err error
+	// connFailed: the condition that failed is the connection's own (for
+	// a write that is not a transaction, there is only that one).
+	connFailed := true
 	switch {
 	case w.tx != nil:
 		_, err = w.s.DB.TransactWriteItems(ctx, w.tx)
 		var tce *types.TransactionCanceledException
 		if errors.As(err, &tce) {
-			if len(tce.CancellationReasons) == 0 || aws.ToString(tce.CancellationReasons[0].Code) != "ConditionalCheckFailed" {
-				// Canceled for a passing reason (TransactionConflict, a
-				// throttle): nothing was applied. DynamoDB keeps a client
-				// request token's outcome for ten minutes, and a retry with
-				// the same token may be answered with the same cancellation
-				// until then, so the next attempt gets a token of its own.
-				// An earlier attempt that did apply is still recognised by
-				// the write id stored in the item.
-				w.tx.ClientRequestToken = aws.String(NewWriteID())
+			failedAt := -1
+			for i, r := range tce.CancellationReasons {
+				if aws.ToString(r.Code) == "ConditionalCheckFailed" {
+					failedAt = i
+					break
+				}
+			}
+			if failedAt != 0 && (w.connIndex == 0 || failedAt != w.connIndex) {
+				if failedAt < 0 {
+					// Canceled for a passing reason (TransactionConflict, a
+					// throttle): nothing was applied. DynamoDB keeps a client
+					// request token's outcome for ten minutes, and a retry
+					// with the same token may be answered with the same
+					// cancellation until then, so the next attempt gets a
+					// token of its own. An earlier attempt that did apply is
+					// still recognised by the write id stored in the item.
+					w.tx.ClientRequestToken = aws.String(NewWriteID())
+				}
 				return w.fail(err)
 			}
-			old, err = tce.CancellationReasons[0].Item, errConditionFailed
+			old, err = tce.CancellationReasons[failedAt].Item, errConditionFailed
+			connFailed = failedAt == w.connIndex
 		}
 	case w.put != nil:
 		_, err = w.s.DB.PutItem(ctx, w.put)
@@ -150,10 +170,11 @@ func (w *Write) Apply(ctx context.Context) error {
 			}
 		}
 		return nil
-	case w.create:
-		return fmt.Errorf("%w: %s %s", ErrAlreadyExists, w.what, w.key)
-	case w.claim:
+	case w.claim && !(connFailed && w.connIndex > 0):
 		return fmt.Errorf("%w: %s %s", ErrStateInvalid, w.what, w.key)
+	case w.create:
+		w.Existing = w.s.existing(old)
+		return fmt.Errorf("%w: %s %s", ErrAlreadyExists, w.what, w.key)
 	case len(old) == 0 && w.goneIsDone:
 		w.Noop = true
 		return nil
@@ -162,6 +183,7 @@ func (w *Write) Apply(ctx context.Context) error {
 	}
 	ce := &ConflictError{What: w.what, Key: w.key, Want: w.want, lease: w.update != nil && w.keep}
 	ce.Current, _ = w.s.fromItem(old)
+	w.Existing = w.s.existing(old)
 	return ce
 }
 
@@ -328,15 +350,47 @@ func (s *Store) PrepareCreate(c *Connection, notices ...Notice) (*Write, error) 
 	return s.conditionalPut(w, c, &cond, notices)
 }
 
-// PrepareReplace prepares storing c over whatever is there (a new
-// authorization), under a new generation, so that nothing written for the
-// old grant can land on it.
-func (s *Store) PrepareReplace(c *Connection, notices ...Notice) (*Write, error) {
+// Precondition is what a write storing a new grant (callback, confirm,
+// import) expects of the connection it replaces. The zero value expects
+// none: the write creates the connection.
+type Precondition struct {
+	// Replace allows a connection to be there.
+	Replace bool
+	// At, with Replace, is the fence the replaced connection must still
+	// be at, so that what the caller decided from it (announcing the end
+	// of its failure streak, revoking its tokens) happens once; nil
+	// replaces whatever is there (an item that cannot be decoded).
+	At *Fence
+}
+
+func (p Precondition) condition() *expression.ConditionBuilder {
+	switch {
+	case !p.Replace:
+		c := expression.AttributeNotExists(expression.Name("pk"))
+		return &c
+	case p.At != nil:
+		c := fenceCondition(*p.At)
+		return &c
+	}
+	return nil
+}
+
+// PrepareReplace prepares storing c (a new authorization) under pre,
+// under a new generation, so that nothing written for the old grant can
+// land on it. A connection in the way of a create is ErrAlreadyExists; one
+// that moved from pre.At is a *ConflictError (ErrNotFound if it is gone);
+// either way Write.Existing holds what was found.
+func (s *Store) PrepareReplace(c *Connection, pre Precondition, notices ...Notice) (*Write, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
 	c.Generation = NewWriteID()
-	return s.conditionalPut(s.newWrite("replace", c.Key, Fence{}), c, nil, notices)
+	w := s.newWrite("replace", c.Key, Fence{})
+	w.create = !pre.Replace
+	if pre.At != nil {
+		w.want = *pre.At
+	}
+	return s.conditionalPut(w, c, pre.condition(), notices)
 }
 
 // PrepareCommit prepares replacing the connection with c at the next

@@ -116,8 +116,12 @@ const (
 	routeConfirm   = "POST /connections/{provider}/{connection}/confirm"
 )
 
-// codeOf is the error code the mapping answers with status.
-func codeOf(status int) broker.Code {
+// codeOf is the error code the mapping answers with status on route:
+// where two codes share a status, the one the route gives.
+func codeOf(route string, status int) broker.Code {
+	if route == routeImport && status == http.StatusConflict {
+		return broker.CodeConflict
+	}
 	for _, c := range []broker.Code{broker.CodeBadRequest, broker.CodeUnauthorized, broker.CodeForbidden, broker.CodeNotFound,
 		broker.CodeNeedsReauth, broker.CodeProviderError, broker.CodeProviderUnavailable, broker.CodeInternal} {
 		if httpapi.StatusOf(c) == status {
@@ -178,7 +182,7 @@ func TestMappingAnswersMatchSpec(t *testing.T) {
 		{"status pending", call{route: routeStatus, path: "/connections/wechat-mp/app"}, core{status: pending}, nil},
 		{"import created", call{route: routeImport, path: "/connections/github/alice", body: `{"access_token":"a","expires_in":60}`},
 			core{status: active, created: true}, nil},
-		{"import replaced", call{route: routeImport, path: "/connections/github/alice", body: `{"refresh_token":"r"}`},
+		{"import replaced", call{route: routeImport, path: "/connections/github/alice", body: `{"refresh_token":"r","replace":true}`},
 			core{status: &broker.Status{Key: key, Status: store.StatusActive, RefreshedAt: at}}, nil},
 		{"import bad expires_at", call{route: routeImport, path: "/connections/github/alice", body: `{"access_token":"a","expires_at":"soon"}`}, core{}, nil},
 		{"confirm", call{route: routeConfirm, path: "/connections/github/alice/confirm", body: `{"connect_id":"` + strings.Repeat("k", 43) + `"}`},
@@ -206,7 +210,8 @@ func TestMappingAnswersMatchSpec(t *testing.T) {
 			if status < 400 {
 				continue
 			}
-			err := error(broker.Errorf(codeOf(status), "refused with %s", codeOf(status)))
+			code := codeOf(route, status)
+			err := error(broker.Errorf(code, "refused with %s", code))
 			if status == http.StatusInternalServerError {
 				err = errors.New("store: connection reset by peer")
 			}

@@ -96,6 +96,10 @@ func TestImportThenRefreshASingleUseGrant(t *testing.T) {
 	if tok.json["access_token"] != access {
 		t.Fatalf("imported token not served: %s", tok.Body)
 	}
+	// The importer's uid is its word, not SinaCloud's.
+	if extra, _ := tok.json["extra"].(map[string]any); extra["asserted_uid"] != "u-42" || extra["uid"] != nil {
+		t.Fatalf("imported extra served as %v, want only asserted_uid", tok.json["extra"])
+	}
 	// Refreshed under the lease like any other: the single-use refresh
 	// token is spent once, and the new one is stored.
 	ageConnection(t, w.table, k.Provider, k.Connection, 90*time.Second)
@@ -108,14 +112,19 @@ func TestImportThenRefreshASingleUseGrant(t *testing.T) {
 	if w.emu.RefreshCalls() != 1 || w.emu.RefreshReuses() != 0 || !w.emu.RefreshUsable(c.RefreshToken) {
 		t.Fatalf("%d refreshes, %d reuses; stored refresh token usable: %v", w.emu.RefreshCalls(), w.emu.RefreshReuses(), w.emu.RefreshUsable(c.RefreshToken))
 	}
-	// Importing again replaces it: 200.
+	// Importing again without "replace" changes nothing: 409. With it,
+	// the grant is replaced: 200.
 	access2, refresh2, _ := w.emu.IssueGrant()
-	again := importGrant(t, tokenFn, k, fmt.Sprintf(`{"access_token":%q,"refresh_token":%q,"expires_at":%q}`,
-		access2, refresh2, time.Now().Add(time.Hour).UTC().Format(time.RFC3339)))
+	second := fmt.Sprintf(`{"access_token":%q,"refresh_token":%q,"expires_at":%q`, access2, refresh2, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	expectStatus(t, importGrant(t, tokenFn, k, second+`}`), 409, "conflict")
+	if tok := tokenOf(t, tokenFn, k.Provider, k.Connection, ""); tok.json["access_token"] != fresh.json["access_token"] {
+		t.Fatal("an import refused with 409 changed the connection")
+	}
+	again := importGrant(t, tokenFn, k, second+`,"replace":true}`)
 	expectStatus(t, again, 200, "")
 	md := map[string]any{"tenant": "acme", "plan": "gold"}
 	expectEvents(t, receive(t, sink),
-		"Connection Authorized", map[string]any{"provider": k.Provider, "connection": k.Connection, "via": "import", "account": "u-42", "scope": "all", "metadata": md},
+		"Connection Authorized", map[string]any{"provider": k.Provider, "connection": k.Connection, "via": "import", "account": "", "scope": "all", "metadata": md},
 		"Connection Authorized", map[string]any{"provider": k.Provider, "connection": k.Connection, "via": "import", "account": "", "scope": "", "metadata": map[string]any{}})
 }
 
