@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -62,7 +63,8 @@ func startGuard(dial func(ctx context.Context, network, addr string) (net.Conn, 
 			r.Out.Host = r.In.Host
 			r.Out.Header.Del("Origin")
 		},
-		Transport: tr,
+		Transport:  tr,
+		BufferPool: bufferPool{},
 		ModifyResponse: func(resp *http.Response) error {
 			stripCORS(resp.Header)
 			return nil
@@ -78,6 +80,15 @@ func startGuard(dial func(ctx context.Context, network, addr string) (net.Conn, 
 	go func() { _ = srv.Serve(l) }()
 	return &guard{srv: srv, tr: tr, url: "http://" + addr}, nil
 }
+
+// bufferPool recycles the proxy's copy buffers: without it every
+// request allocates 32 KiB.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 
 // noPreflight refuses every OPTIONS request: the SDKs never send one, a
 // browser sends one before a cross-origin call, and the refusal carries
