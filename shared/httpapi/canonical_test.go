@@ -189,15 +189,16 @@ func TestPathParametersMustMatchThePath(t *testing.T) {
 		{"connection is .", "/connections/github/./token", map[string]any{"provider": "github", "connection": "."}, 400},
 		{"a dot inside a name is fine", "/connections/github/a.b/token", map[string]any{"provider": "github", "connection": "a.b"}, 200},
 		{"a named stage prefixes the raw path", "/prod/connections/github/alice/token", map[string]any{"provider": "github", "connection": "alice"}, 200},
+		{"an API mapping key prefixes the raw path", "/v1/broker/connections/github/alice/token", map[string]any{"provider": "github", "connection": "alice"}, 200},
+		{"a prefix with a dot segment", "/./connections/github/alice/token", map[string]any{"provider": "github", "connection": "alice"}, 400},
+		{"a prefix with an empty segment", "/v1//connections/github/alice/token", map[string]any{"provider": "github", "connection": "alice"}, 400},
+		{"a prefix with an escape", "/v%31/connections/github/alice/token", map[string]any{"provider": "github", "connection": "alice"}, 400},
 	} {
 		calls := 0
 		h := &httpapi.Handler{Core: countingCore(&calls)}
 		ev := loadEvent(t, "token.json")
 		ev["rawPath"], ev["pathParameters"] = tc.path, tc.params
 		delete(ev, "queryStringParameters")
-		if strings.HasPrefix(tc.path, "/prod/") {
-			ev["requestContext"].(map[string]any)["stage"] = "prod"
-		}
 		resp, _ := h.Connections(context.Background(), marshal(t, ev))
 		wantCalls := 0
 		if tc.want == 200 {

@@ -113,7 +113,6 @@ type request struct {
 	IsBase64Encoded       bool              `json:"isBase64Encoded"`
 	RequestContext        struct {
 		DomainName string `json:"domainName"`
-		Stage      string `json:"stage"`
 		HTTP       struct {
 			Method string `json:"method"`
 		} `json:"http"`
@@ -188,6 +187,29 @@ func looseSegments(rawPath string) []string {
 	return out
 }
 
+// basePrefix reports whether p is what API Gateway itself may put before
+// the route's path in rawPath: a named stage or a custom domain's API
+// mapping key, one or more plain segments such as /prod or /v1/broker.
+// Routing already happened on the rest, so the prefix names nothing the
+// handler acts on; it may still not hide an empty, dot or encoded segment.
+func basePrefix(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // templateSegments splits a route key's path: "GET /a/{b}" → [a {b}].
 func templateSegments(routeKey string) (method string, segs []string) {
 	method, path, _ := strings.Cut(routeKey, " ")
@@ -254,12 +276,7 @@ func resolveRoute(ev *request, routes []string) (route string, params map[string
 		canonical[i] = url.PathEscape(v)
 	}
 	want := "/" + strings.Join(canonical, "/")
-	got := ev.RawPath
-	// A named stage (not $default) prefixes the raw path with its name.
-	if st := ev.RequestContext.Stage; st != "" && st != "$default" && strings.HasPrefix(got, "/"+st+"/") {
-		got = strings.TrimPrefix(got, "/"+st)
-	}
-	if got != want {
+	if ev.RawPath != want && !(strings.HasSuffix(ev.RawPath, want) && basePrefix(strings.TrimSuffix(ev.RawPath, want))) {
 		return "", nil, broker.Errorf(broker.CodeBadRequest,
 			"the path %.160q is not in canonical form (for %s with these parameters it is %q): percent-encoded letters, double or trailing slashes, dot segments and other case are refused",
 			ev.RawPath, route, want)
