@@ -111,6 +111,7 @@ func (h *Handler) errorResponse(ctx context.Context, err error) Response {
 // Decoding only these fields, instead of events.APIGatewayV2HTTPRequest
 // whole, keeps the token path's overhead over its one GetItem small.
 type request struct {
+	RouteKey              string            `json:"routeKey"`
 	RawPath               string            `json:"rawPath"`
 	RawQueryString        string            `json:"rawQueryString"`
 	Headers               map[string]string `json:"headers"`
@@ -154,22 +155,141 @@ func firstLine(s string) string {
 	return s
 }
 
-// pathParams returns provider (and connection when want is 2) from the
-// event's pathParameters, or from the raw path when they are absent.
-func pathParams(ev *request, names ...string) ([]string, error) {
-	out := make([]string, len(names))
-	segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/")
-	for i, name := range names {
+// Route keys, as template.yaml and the events' routeKey spell them.
+const (
+	routeAuthorize = "POST /connections/{provider}/{connection}/authorize"
+	routeCallback  = "GET /callback/{provider}"
+	routeList      = "GET /connections/{provider}"
+	routeStatus    = "GET /connections/{provider}/{connection}"
+	routeToken     = "GET /connections/{provider}/{connection}/token"
+	routeRefresh   = "POST /connections/{provider}/{connection}/refresh"
+	routeImport    = "PUT /connections/{provider}/{connection}"
+	routeDelete    = "DELETE /connections/{provider}/{connection}"
+	routeConfirm   = "POST /connections/{provider}/{connection}/confirm"
+)
+
+// connectionRoutes are the token function's routes.
+var connectionRoutes = []string{routeList, routeStatus, routeToken, routeRefresh, routeImport, routeDelete, routeConfirm}
+
+// looseSegments is the path as a lenient server would read it: percent
+// escapes decoded, empty and "." segments dropped, ".." applied. It only
+// picks the route a request was meant for; whether the request may be
+// served is decided by comparing its raw path with the canonical one.
+func looseSegments(rawPath string) []string {
+	p, err := url.PathUnescape(rawPath)
+	if err != nil {
+		p = rawPath
+	}
+	var out []string
+	for _, seg := range strings.Split(p, "/") {
+		switch seg {
+		case "", ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, seg)
+		}
+	}
+	return out
+}
+
+// basePrefix reports whether p is what API Gateway itself may put before
+// the route's path in rawPath: a named stage or a custom domain's API
+// mapping key, one or more plain segments such as /prod or /v1/broker.
+// Routing already happened on the rest, so the prefix names nothing the
+// handler acts on; it may still not hide an empty, dot or encoded segment.
+func basePrefix(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// templateSegments splits a route key's path: "GET /a/{b}" → [a {b}].
+func templateSegments(routeKey string) (method string, segs []string) {
+	method, path, _ := strings.Cut(routeKey, " ")
+	return method, strings.Split(strings.TrimPrefix(path, "/"), "/")
+}
+
+// resolveRoute finds which of routes ev is for and its path parameters,
+// and refuses (400) a request whose rawPath is not exactly the canonical
+// path of that route with those parameters. API Gateway routes
+// /connections/git%68ub/alice/token, /connections/github/, //connections/…
+// or /connections/./github/… to a route with decoded pathParameters, while
+// an IAM policy or a log reads the raw path: served, such a request would
+// act on a resource other than the one its path names. Nothing is read
+// before this check.
+//
+// The route is the event's routeKey when it is one of routes; otherwise
+// (a hand-built event) the one whose words the path matches leniently. No
+// route at all is 404. Parameters come from pathParameters, or from the
+// path when the event has none.
+func resolveRoute(ev *request, routes []string) (route string, params map[string]string, err error) {
+	method := ev.RequestContext.HTTP.Method
+	loose := looseSegments(ev.RawPath)
+	if slices.Contains(routes, ev.RouteKey) {
+		route = ev.RouteKey
+	} else {
+	search:
+		for _, r := range routes {
+			m, tmpl := templateSegments(r)
+			if m != method || len(tmpl) != len(loose) {
+				continue
+			}
+			for i, t := range tmpl {
+				if !strings.HasPrefix(t, "{") && !strings.EqualFold(t, loose[i]) {
+					continue search
+				}
+			}
+			route = r
+			break
+		}
+	}
+	if route == "" {
+		return "", nil, broker.Errorf(broker.CodeNotFound, "no route %s %.100q", method, ev.RawPath)
+	}
+	_, tmpl := templateSegments(route)
+	params = map[string]string{}
+	canonical := make([]string, len(tmpl))
+	for i, t := range tmpl {
+		if !strings.HasPrefix(t, "{") {
+			canonical[i] = t
+			continue
+		}
+		name := strings.Trim(t, "{}")
 		v, ok := ev.PathParameters[name]
-		if !ok && len(segs) > i+1 {
-			v, _ = url.PathUnescape(segs[i+1])
+		if !ok && len(loose) == len(tmpl) {
+			v = loose[i]
 		}
 		if !store.ValidID(v) {
-			return nil, broker.Errorf(broker.CodeBadRequest, "%s must match [A-Za-z0-9._-]{1,128}", name)
+			return "", nil, broker.Errorf(broker.CodeBadRequest, "%s must match [A-Za-z0-9._-]{1,128}", name)
 		}
-		out[i] = v
+		if v == "." || v == ".." {
+			return "", nil, broker.Errorf(broker.CodeBadRequest, "%s may not be %q: it is a dot segment, which clients and proxies remove from paths", name, v)
+		}
+		params[name] = v
+		canonical[i] = url.PathEscape(v)
 	}
-	return out, nil
+	want := "/" + strings.Join(canonical, "/")
+	if ev.RawPath != want && !(strings.HasSuffix(ev.RawPath, want) && basePrefix(strings.TrimSuffix(ev.RawPath, want))) {
+		return "", nil, broker.Errorf(broker.CodeBadRequest,
+			"the path %.160q is not in canonical form (for %s with these parameters it is %q): percent-encoded letters, double or trailing slashes, dot segments and other case are refused",
+			ev.RawPath, route, want)
+	}
+	return route, params, nil
 }
 
 // iamCaller returns the caller's ARN; API Gateway has verified the
@@ -229,7 +349,7 @@ func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response,
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	ids, err := pathParams(ev, "provider", "connection")
+	_, ids, err := resolveRoute(ev, []string{routeAuthorize})
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
@@ -243,7 +363,7 @@ func (h *Handler) Authorize(ctx context.Context, raw json.RawMessage) (Response,
 		return h.errorResponse(ctx, err), nil
 	}
 	res, err := h.Core.StartAuthorization(ctx, broker.AuthorizeRequest{
-		Key: store.Key{Provider: ids[0], Connection: ids[1]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, Metadata: req.Metadata,
+		Key: store.Key{Provider: ids["provider"], Connection: ids["connection"]}, Scopes: req.Scopes, ReturnTo: req.ReturnTo, Metadata: req.Metadata,
 		Confirm: req.Confirm, Caller: caller, RequestBase: requestBase(ev),
 	})
 	if err != nil {
@@ -259,7 +379,7 @@ func (h *Handler) Callback(ctx context.Context, raw json.RawMessage) (Response, 
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	ids, err := pathParams(ev, "provider")
+	_, ids, err := resolveRoute(ev, []string{routeCallback})
 	if err != nil {
 		return h.callbackPage(ctx, ev, err), nil
 	}
@@ -273,7 +393,7 @@ func (h *Handler) Callback(ctx context.Context, raw json.RawMessage) (Response, 
 		}
 	}
 	res, err := h.Core.CompleteAuthorization(ctx, broker.CallbackRequest{
-		Provider: ids[0], Code: q["code"], State: q["state"], Error: q["error"], ErrorDescription: q["error_description"],
+		Provider: ids["provider"], Code: q["code"], State: q["state"], Error: q["error"], ErrorDescription: q["error_description"],
 	})
 	if err != nil {
 		return h.callbackPage(ctx, ev, err), nil
@@ -348,22 +468,15 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	method := ev.RequestContext.HTTP.Method
-	segs := strings.Split(strings.Trim(ev.RawPath, "/"), "/")
-	if len(segs) == 2 && method == http.MethodGet {
-		return h.list(ctx, ev), nil
-	}
-	ids, err := pathParams(ev, "provider", "connection")
+	route, ids, err := resolveRoute(ev, connectionRoutes)
 	if err != nil {
 		return h.errorResponse(ctx, err), nil
 	}
-	key := store.Key{Provider: ids[0], Connection: ids[1]}
-	suffix := ""
-	if len(segs) == 4 {
-		suffix = segs[3]
-	}
-	switch {
-	case method == http.MethodGet && suffix == "token":
+	key := store.Key{Provider: ids["provider"], Connection: ids["connection"]}
+	switch route {
+	case routeList:
+		return h.list(ctx, ev, key.Provider), nil
+	case routeToken:
 		minTTL := broker.DefaultMinTTL
 		if v, ok := ev.QueryStringParameters["min_ttl"]; ok {
 			n, err := strconv.Atoi(v)
@@ -373,7 +486,7 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 			minTTL = time.Duration(n) * time.Second
 		}
 		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: minTTL, Caller: caller}), nil
-	case method == http.MethodPost && suffix == "refresh":
+	case routeRefresh:
 		var in struct {
 			RejectedToken *string `json:"rejected_token"`
 		}
@@ -388,15 +501,15 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 			req.Rejected = *in.RejectedToken
 		}
 		return h.token(ctx, req), nil
-	case method == http.MethodGet && suffix == "":
+	case routeStatus:
 		st, err := h.Core.Status(ctx, key)
 		if err != nil {
 			return h.errorResponse(ctx, err), nil
 		}
 		return jsonResponse(http.StatusOK, statusBody(st)), nil
-	case method == http.MethodPut && suffix == "":
+	case routeImport:
 		return h.importGrant(ctx, ev, key, caller), nil
-	case method == http.MethodPost && suffix == "confirm":
+	case routeConfirm:
 		var in struct {
 			ConnectID string `json:"connect_id"`
 		}
@@ -411,13 +524,13 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 			return h.errorResponse(ctx, err), nil
 		}
 		return jsonResponse(http.StatusOK, statusBody(st)), nil
-	case method == http.MethodDelete && suffix == "":
+	case routeDelete:
 		if err := h.Core.Delete(ctx, key, caller); err != nil {
 			return h.errorResponse(ctx, err), nil
 		}
 		return Response{StatusCode: http.StatusNoContent, Headers: map[string]string{"Cache-Control": "no-store"}}, nil
 	}
-	return h.errorResponse(ctx, broker.Errorf(broker.CodeNotFound, "no route %s %s", method, ev.RawPath)), nil
+	return h.errorResponse(ctx, broker.Errorf(broker.CodeNotFound, "no route %s", route)), nil
 }
 
 // statusBody is a connection's state without secrets: the status route's
@@ -436,18 +549,14 @@ func labels(m map[string]string) map[string]string {
 }
 
 // list serves GET /connections/{provider}?status&limit&cursor.
-func (h *Handler) list(ctx context.Context, ev *request) Response {
-	ids, err := pathParams(ev, "provider")
-	if err != nil {
-		return h.errorResponse(ctx, err)
-	}
+func (h *Handler) list(ctx context.Context, ev *request, provider string) Response {
 	q := ev.QueryStringParameters
 	for name := range q {
 		if name != "status" && name != "limit" && name != "cursor" {
 			return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "unknown query parameter %.40q (status, limit, cursor)", name))
 		}
 	}
-	req := broker.ListRequest{Provider: ids[0], Status: store.Status(q["status"]), Cursor: q["cursor"]}
+	req := broker.ListRequest{Provider: provider, Status: store.Status(q["status"]), Cursor: q["cursor"]}
 	if v, ok := q["limit"]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 100 {

@@ -61,11 +61,13 @@ func TestStrictBodies(t *testing.T) {
 		handle := h.Authorize
 		switch tc.route {
 		case "import":
-			ev["rawPath"] = "/connections/oauth2/alice"
+			ev["rawPath"], ev["routeKey"] = "/connections/oauth2/alice", "PUT /connections/{provider}/{connection}"
+			ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": "alice"}
 			ev["requestContext"].(map[string]any)["http"].(map[string]any)["method"] = "PUT"
 			handle = h.Connections
 		case "confirm":
-			ev["rawPath"] = "/connections/oauth2/alice/confirm"
+			ev["rawPath"], ev["routeKey"] = "/connections/oauth2/alice/confirm", "POST /connections/{provider}/{connection}/confirm"
+			ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": "alice"}
 			handle = h.Connections
 		}
 		before := reached
@@ -85,14 +87,16 @@ func TestStrictBodiesPositiveControl(t *testing.T) {
 	h := &httpapi.Handler{Core: core}
 	ev := loadEvent(t, "authorize.json")
 	ev["body"] = `{"access_token":"a","expires_in":3600}`
-	ev["rawPath"] = "/connections/oauth2/alice"
+	ev["rawPath"], ev["routeKey"] = "/connections/oauth2/alice", "PUT /connections/{provider}/{connection}"
+	ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": "alice"}
 	ev["requestContext"].(map[string]any)["http"].(map[string]any)["method"] = "PUT"
 	if resp, _ := h.Connections(context.Background(), marshal(t, ev)); resp.StatusCode != 201 {
 		t.Fatalf("import control: %d %s", resp.StatusCode, resp.Body)
 	}
 	ev = loadEvent(t, "authorize.json")
 	ev["body"] = `{"connect_id":"xxxxxxxxxxxxxxxxxxxxxxxx"}`
-	ev["rawPath"] = "/connections/oauth2/alice/confirm"
+	ev["rawPath"], ev["routeKey"] = "/connections/oauth2/alice/confirm", "POST /connections/{provider}/{connection}/confirm"
+	ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": "alice"}
 	if resp, _ := h.Connections(context.Background(), marshal(t, ev)); resp.StatusCode != 200 {
 		t.Fatalf("confirm control: %d %s", resp.StatusCode, resp.Body)
 	}

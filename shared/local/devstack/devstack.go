@@ -3,6 +3,9 @@
 // created from template.yaml, the provider emulators on loopback ports, and
 // SSM seeded with demo providers and a fresh token key ring. The end-to-end
 // tests, make invoke-<fn> and make dev all stand on it.
+//
+// Every port it opens is on loopback and answers only requests whose Host
+// names it; the AWS stand-ins sit behind localaws's guard proxies.
 package devstack
 
 import (
@@ -25,6 +28,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
@@ -128,11 +132,17 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		if addr == "" {
 			addr = "127.0.0.1:0"
 		}
+		// The emulators hand out codes and tokens: loopback only, and only
+		// to requests that name them (DNS rebinding), like every port here.
+		if _, err := devfront.CheckListenAddr(addr, false); err != nil {
+			return st, fmt.Errorf("devstack: %s emulator: %w", name, err)
+		}
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return st, fmt.Errorf("devstack: %s emulator on %s: %w", name, addr, err)
 		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		bound := l.Addr().String()
+		srv := &http.Server{Handler: devfront.HostGuard(devfront.AllowedHosts(bound, bound), h), ReadHeaderTimeout: 10 * time.Second}
 		st.servers = append(st.servers, srv)
 		go func() { _ = srv.Serve(l) }()
 		st.EmulatorURLs[name] = "http://" + l.Addr().String()

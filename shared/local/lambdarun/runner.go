@@ -4,7 +4,8 @@
 // …/error, /init/error) on a free loopback port, starts the bootstrap with
 // AWS_LAMBDA_RUNTIME_API pointing at it, and hands it one invoke at a time,
 // as one sandbox does. An invoke that outlives the timeout kills the
-// process; the next invoke starts a fresh one (a cold start).
+// process; the next invoke starts a fresh one (a cold start). The Runtime
+// API answers only requests whose Host is its own loopback address.
 package lambdarun
 
 import (
@@ -24,6 +25,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 )
 
 const apiPrefix = "/2018-06-01/runtime"
@@ -108,7 +111,10 @@ func Start(cfg Config) (*Runner, error) {
 	mux.HandleFunc("POST "+apiPrefix+"/invocation/{id}/response", r.response)
 	mux.HandleFunc("POST "+apiPrefix+"/invocation/{id}/error", r.invocationError)
 	mux.HandleFunc("POST "+apiPrefix+"/init/error", r.initError)
-	r.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Loopback only, and only to requests that name it: a web page whose
+	// DNS name is rebound to 127.0.0.1 could otherwise take the invokes
+	// (with their tokens) or answer them.
+	r.srv = &http.Server{Handler: devfront.HostGuard(devfront.AllowedHosts(r.addr, r.addr), mux), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = r.srv.Serve(l) }()
 	if err := r.spawn(); err != nil {
 		r.Close()
@@ -116,6 +122,10 @@ func Start(cfg Config) (*Runner, error) {
 	}
 	return r, nil
 }
+
+// RuntimeAPI is the host:port the Runtime API listens on, the value of
+// the bootstrap's AWS_LAMBDA_RUNTIME_API.
+func (r *Runner) RuntimeAPI() string { return r.addr }
 
 // Starts counts process starts (cold starts).
 func (r *Runner) Starts() int {

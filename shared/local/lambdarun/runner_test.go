@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -159,5 +161,56 @@ func TestRejectsBadPayload(t *testing.T) {
 	r := start(t, "serve", time.Second)
 	if _, err := r.Invoke(context.Background(), []byte("not json")); err == nil {
 		t.Fatal("non-JSON payload accepted")
+	}
+}
+
+// TestRuntimeAPIRefusesForeignHost: the Runtime API listens on loopback
+// and serves only requests naming it, so a DNS-rebound web page can
+// neither take an invoke (/next) nor answer one; a preflight gets no CORS.
+func TestRuntimeAPIRefusesForeignHost(t *testing.T) {
+	r := start(t, "serve", 5*time.Second)
+	host, port, err := net.SplitHostPort(r.RuntimeAPI())
+	if err != nil || !net.ParseIP(host).IsLoopback() {
+		t.Fatalf("Runtime API on %q: not loopback", r.RuntimeAPI())
+	}
+	// Warm: the bootstrap now waits in /next.
+	if _, err := call(t, r, command{Echo: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	for _, probe := range []struct{ method, path string }{
+		{"GET", "/2018-06-01/runtime/invocation/next"},
+		{"POST", "/2018-06-01/runtime/invocation/x/response"},
+		{"POST", "/2018-06-01/runtime/init/error"},
+	} {
+		for _, h := range []string{"evil.example:" + port, "evil.example"} {
+			req, _ := http.NewRequest(probe.method, "http://"+r.RuntimeAPI()+probe.path, strings.NewReader("{}"))
+			req.Host = h
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s with Host %s: %v", probe.method, probe.path, h, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMisdirectedRequest {
+				t.Errorf("%s %s with Host %s: %d, want 421", probe.method, probe.path, h, resp.StatusCode)
+			}
+		}
+	}
+	req, _ := http.NewRequest("OPTIONS", "http://"+r.RuntimeAPI()+"/2018-06-01/runtime/invocation/next", nil)
+	req.Header.Set("Origin", "http://evil.example")
+	req.Header.Set("Access-Control-Request-Method", "GET")
+	if resp, err := client.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if v := resp.Header.Get("Access-Control-Allow-Origin"); v != "" {
+			t.Errorf("preflight: Access-Control-Allow-Origin %q", v)
+		}
+	}
+	// The refusals took nothing: the next invoke is answered by the same
+	// warm process, which saw exactly the two invokes.
+	got, err := call(t, r, command{Echo: "after"})
+	if err != nil || got["echo"] != "after" || r.Starts() != 1 {
+		t.Fatalf("after the probes: %v %v starts=%d", got, err, r.Starts())
 	}
 }

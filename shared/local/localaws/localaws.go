@@ -4,9 +4,9 @@
 // table from template.yaml's own TokenTable definition, so the schema has
 // one source.
 //
-// Every stand-in listens on a free port of 127.0.0.1 (DynamoDB Local has no
-// bind flag: the port is picked free and never published) and is stopped,
-// with its whole process group, by Stop.
+// No stand-in is reachable on its own: each sits behind a guard proxy on
+// a free port of 127.0.0.1 (guard.go says why and how), and is stopped,
+// with its whole process group and its proxy, by Stop.
 package localaws
 
 import (
@@ -43,29 +43,54 @@ const (
 
 // Process is one running stand-in.
 type Process struct {
-	Name     string
+	Name string
+	// Endpoint is the guard proxy's URL, the only way in (see guard.go).
 	Endpoint string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	once     sync.Once
-	logPath  string
+	// Backend says where the stand-in itself listens: "unix:<path>",
+	// "netns:<addr>" (a network namespace of its own) or "tcp:<addr>".
+	Backend string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	once    sync.Once
+	logPath string
+	dir     string
+	guard   *guard
+	ns      *netns
 }
 
-// Stop kills the stand-in's process group and waits for it.
-func (p *Process) Stop() {
+// PID of the stand-in's process.
+func (p *Process) PID() int {
 	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Stop closes the guard proxy, kills the stand-in's process group and
+// waits for it.
+func (p *Process) Stop() {
+	if p == nil {
 		return
 	}
 	p.once.Do(func() {
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
+		p.guard.close()
+		if p.cmd != nil && p.cmd.Process != nil {
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(5 * time.Second):
+				_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+				<-p.done
+			}
+		}
+		if p.ns != nil {
+			p.ns.close()
 		}
 		if p.logPath != "" {
 			_ = os.Remove(p.logPath)
+		}
+		if p.dir != "" {
+			_ = os.RemoveAll(p.dir)
 		}
 	})
 }
@@ -117,28 +142,70 @@ func DynamoDBLocalDir() (string, error) {
 	return filepath.Dir(matches[len(matches)-1]), nil
 }
 
-func start(ctx context.Context, name string, port int, dir string, argv ...string) (*Process, error) {
+// launch is how one stand-in is started.
+type launch struct {
+	name, dir string
+	argv      []string
+	// isolate runs the process in a network namespace of its own.
+	isolate bool
+	// upstream is the stand-in's address as its dialer reaches it; dial
+	// is a plain TCP dial when nil (and inside the namespace with isolate).
+	upstream string
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	backend  string
+	// tmp is a directory of the stand-in's own, removed by Stop.
+	tmp string
+}
+
+// errIsolation marks a failure to create the network namespace.
+var errIsolation = errors.New("localaws: no network namespace of its own")
+
+func start(ctx context.Context, l launch) (*Process, error) {
+	argv := l.argv
 	if _, err := exec.LookPath(argv[0]); err != nil {
 		hint := map[string]string{
 			"java":        "apt-get install -y openjdk-17-jre-headless",
 			"moto_server": "pip install 'moto[server]'",
 		}[argv[0]]
-		return nil, fmt.Errorf("localaws: %s needs %s, which is not on PATH; install it with: %s", name, argv[0], hint)
+		return nil, fmt.Errorf("localaws: %s needs %s, which is not on PATH; install it with: %s", l.name, argv[0], hint)
 	}
-	logf, err := os.CreateTemp("", "tokenbroker-"+name+"-*.log")
+	logf, err := os.CreateTemp("", "tokenbroker-"+l.name+"-*.log")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
+	cmd.Dir = l.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if l.isolate {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("localaws: start %s: %w", name, err)
+		_ = os.Remove(logf.Name())
+		if l.isolate {
+			return nil, fmt.Errorf("%w: %v", errIsolation, err)
+		}
+		return nil, fmt.Errorf("localaws: start %s: %w", l.name, err)
 	}
-	p := &Process{Name: name, Endpoint: "http://127.0.0.1:" + strconv.Itoa(port), cmd: cmd, done: make(chan struct{}), logPath: logf.Name()}
+	p := &Process{Name: l.name, Backend: l.backend, cmd: cmd, done: make(chan struct{}), logPath: logf.Name(), dir: l.tmp}
 	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
+	dial := l.dial
+	if l.isolate {
+		if p.ns, err = openNetns(cmd.Process.Pid); err != nil {
+			p.Stop()
+			return nil, fmt.Errorf("%w: %v", errIsolation, err)
+		}
+		dial = p.ns.dial
+	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	if p.guard, err = startGuard(dial, l.upstream); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	p.Endpoint = p.guard.url
 	if err := waitHTTP(ctx, p); err != nil {
 		p.Stop()
 		return nil, err
@@ -146,7 +213,8 @@ func start(ctx context.Context, name string, port int, dir string, argv ...strin
 	return p, nil
 }
 
-// waitHTTP waits until the stand-in answers any HTTP request.
+// waitHTTP waits until the stand-in answers any HTTP request through its
+// guard (which says 502 while the stand-in does not answer).
 func waitHTTP(ctx context.Context, p *Process) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -155,14 +223,16 @@ func waitHTTP(ctx context.Context, p *Process) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.Endpoint+"/", nil)
 		if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
-			return nil
+			if resp.StatusCode != http.StatusBadGateway {
+				return nil
+			}
 		}
 		select {
 		case <-p.done:
 			out, _ := os.ReadFile(p.logPath)
 			return fmt.Errorf("localaws: %s exited before answering: %s", p.Name, tail(string(out), 600))
 		case <-ctx.Done():
-			return fmt.Errorf("localaws: %s did not answer on %s within 60s", p.Name, p.Endpoint)
+			return fmt.Errorf("localaws: %s did not answer on %s within 60s", p.Name, p.Backend)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -175,28 +245,68 @@ func tail(s string, n int) string {
 	return s
 }
 
-// StartDynamoDB starts DynamoDB Local in memory on a free port.
+// dynamoDBPort is DynamoDB Local's port inside its own network namespace,
+// where nothing else listens.
+const dynamoDBPort = "8000"
+
+// noCORS is the only origin DynamoDB Local's own CORS support may allow:
+// a name under .invalid, which no page can be served from. The guard
+// strips Access-Control-* anyway; this keeps DynamoDB Local from sending
+// them in the first place (its default allows every origin).
+const noCORS = "https://no-cors.invalid"
+
+var isolationWarning sync.Once
+
+// StartDynamoDB starts DynamoDB Local in memory behind its guard proxy.
+//
+// DynamoDB Local has no bind option: it listens on every interface. So it
+// runs in a network namespace of its own (which needs root, or
+// CAP_SYS_ADMIN), reachable only through the guard. Where no namespace can
+// be made it falls back to a random port on every interface, still behind
+// the guard for everything this project starts, and says so on stderr.
 func StartDynamoDB(ctx context.Context) (*Process, error) {
 	dir, err := DynamoDBLocalDir()
 	if err != nil {
 		return nil, err
 	}
+	argv := func(port string) []string {
+		return []string{"java", "-Xmx512m", "-Djava.library.path=./DynamoDBLocal_lib", "-jar", "DynamoDBLocal.jar",
+			"-inMemory", "-sharedDb", "-disableTelemetry", "-cors", noCORS, "-port", port}
+	}
+	upstream := "127.0.0.1:" + dynamoDBPort
+	p, err := start(ctx, launch{name: "dynamodb-local", dir: dir, argv: argv(dynamoDBPort), isolate: true,
+		upstream: upstream, backend: "netns:" + upstream})
+	if !errors.Is(err, errIsolation) {
+		return p, err
+	}
+	isolationWarning.Do(func() {
+		fmt.Fprintf(os.Stderr, "localaws: WARNING: DynamoDB Local cannot get a network namespace of its own (%v); "+
+			"it listens on a random port on every interface, reachable from the network, behind nothing. Run as root to close it.\n", err)
+	})
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	return start(ctx, "dynamodb-local", port, dir, "java", "-Xmx512m",
-		"-Djava.library.path=./DynamoDBLocal_lib", "-jar", "DynamoDBLocal.jar",
-		"-inMemory", "-sharedDb", "-disableTelemetry", "-port", strconv.Itoa(port))
+	upstream = "127.0.0.1:" + strconv.Itoa(port)
+	return start(ctx, launch{name: "dynamodb-local", dir: dir, argv: argv(strconv.Itoa(port)), upstream: upstream, backend: "tcp:" + upstream})
 }
 
-// StartMoto starts moto_server (SSM, EventBridge) on a free loopback port.
+// StartMoto starts moto_server (SSM, EventBridge, SQS) on a Unix socket in
+// a directory only this user may enter, behind its guard proxy: moto
+// answers every origin's preflight and checks no Host, so no TCP port of
+// its own is ever open.
 func StartMoto(ctx context.Context) (*Process, error) {
-	port, err := FreePort()
+	tmp, err := os.MkdirTemp("", "tokenbroker-moto-")
 	if err != nil {
 		return nil, err
 	}
-	return start(ctx, "moto", port, "", "moto_server", "-H", "127.0.0.1", "-p", strconv.Itoa(port))
+	sock := filepath.Join(tmp, "moto.sock")
+	p, err := start(ctx, launch{name: "moto", argv: []string{"moto_server", "-H", "unix://" + sock}, upstream: "moto",
+		dial: unixDialer(sock), backend: "unix:" + sock, tmp: tmp})
+	if err != nil {
+		_ = os.RemoveAll(tmp)
+	}
+	return p, err
 }
 
 // Endpoints of the stand-ins in use.

@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
@@ -202,6 +203,36 @@ wait:
 		if code, _ := connect(req); code != http.StatusMisdirectedRequest {
 			t.Fatalf("Host %s on %s: %d, want 421", req.Host, path, code)
 		}
+	}
+
+	// Every port make dev opens, found from /proc rather than listed: the
+	// front, the three emulators, the guards of DynamoDB Local and moto and
+	// the Runtime API of each of the 7 sandboxes (4 token, 1 each for the
+	// others) — 13, all held by make dev itself (DynamoDB Local and moto
+	// hold none here), each loopback only, 421 to a foreign Host, no CORS.
+	devPIDs := append([]int{cmd.Process.Pid}, devstack.Descendants(cmd.Process.Pid)...)
+	found, err := devstack.Listeners(devPIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside, err := devstack.OutsideAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := 0
+	for _, l := range found {
+		if l.PID != cmd.Process.Pid {
+			cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(l.PID) + "/cmdline")
+			t.Errorf("port %s is held by a child, not behind a guard: %s", l.Addr, strings.ReplaceAll(string(cmdline), "\x00", " "))
+			continue
+		}
+		owned++
+		for _, problem := range devstack.ProbeListener(l, outside) {
+			t.Error(problem)
+		}
+	}
+	if owned != 13 {
+		t.Errorf("make dev listens on %d ports, want 13: %v", owned, found)
 	}
 
 	// The token, with a request signed as local:local, the credentials make dev prints.

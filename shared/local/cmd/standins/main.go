@@ -1,6 +1,7 @@
-// Command standins starts DynamoDB Local and moto_server on free loopback
-// ports, runs a command with AWS_ENDPOINT_URL_DYNAMODB, _SSM and
-// _EVENTBRIDGE pointing at them, and stops both when the command ends or
+// Command standins starts DynamoDB Local and moto_server, each behind its
+// guard proxy on a free loopback port (Host checked, no CORS; see
+// localaws), runs a command with AWS_ENDPOINT_URL_DYNAMODB, _SSM and
+// _EVENTBRIDGE pointing at the proxies, and stops all when the command ends or
 // on Ctrl-C. make test runs the whole suite under it, so every test package
 // shares one pair of stand-ins and none is left running.
 //
@@ -43,7 +44,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "standins:", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "standins: DynamoDB Local at %s, moto (SSM, EventBridge) at %s\n", ep.DynamoDB, ep.SSM)
+	fmt.Fprintf(os.Stderr, "standins: DynamoDB Local at %s, moto (SSM, EventBridge) at %s (guard proxies: loopback, Host checked, no CORS)\n", ep.DynamoDB, ep.SSM)
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(),
