@@ -364,5 +364,34 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 		}
 		snap.providers[prov] = &Provider{Config: cfg, Secret: secret}
 	}
+	refuseSharedTokenAppIDs(snap, provPrefix)
 	return snap
+}
+
+// refuseSharedTokenAppIDs moves to the problems every wechat_mp provider
+// that shares its AppID with another wechat_mp provider when any of them
+// uses token_api "token". Each cgi-bin/token call ends the previous token
+// of that AppID five minutes later, and a provider name knows only its own
+// fetches: the other name would go on serving a token WeChat has killed.
+// stable_token does not end the current token, so names that all use it
+// may share an AppID. The other providers load as usual.
+func refuseSharedTokenAppIDs(snap *Snapshot, provPrefix string) {
+	byAppID := map[string][]string{}
+	for name, p := range snap.providers {
+		if p.Config.Kind == provider.KindWeChatMP {
+			byAppID[p.Config.ClientID] = append(byAppID[p.Config.ClientID], name)
+		}
+	}
+	for appID, names := range byAppID {
+		if len(names) < 2 || !slices.ContainsFunc(names, func(n string) bool { return snap.providers[n].Config.TokenAPI == "token" }) {
+			continue
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			others := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == name })
+			snap.problems[name] = fmt.Errorf("%w: %s%s/config: client_id %q (a wechat_mp AppID) is also the client_id of provider(s) %s, and at least one of them uses token_api \"token\": every cgi-bin/token fetch by one name kills the token another name holds. Keep one provider name per AppID, or set token_api \"stable_token\" on all of them",
+				ErrInvalid, provPrefix, name, appID, strings.Join(others, ", "))
+			delete(snap.providers, name)
+		}
+	}
 }
