@@ -333,17 +333,19 @@ func TestLoadWithoutSecretsFailures(t *testing.T) {
 }
 
 // TestSharedWeChatAppIDWithTokenAPIRefused: issue 16 item 6. Two wechat_mp
-// names on one AppID where any uses token_api "token" would each kill the
-// other's token; both are refused, each naming the parameter, the field and
-// the other name. Names that all use stable_token may share an AppID, and
+// names on one AppID with token_api "token" would each kill the other's
+// token; both are refused, each naming the parameter, the field and the
+// other name. stable_token's tokens are apart from cgi-bin/token's at
+// WeChat, so names on stable_token may share an AppID with anything, and
 // every other provider loads.
 func TestSharedWeChatAppIDWithTokenAPIRefused(t *testing.T) {
 	client := localaws.SSMClient(endpoints.SSM)
 	prefix := "/" + localaws.UniqueName("appid")
 	docs := map[string]string{
 		"wx-a":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token"}`,
-		"wx-b":      `{"kind":"wechat_mp","client_id":"wxshared"}`,
-		"wx-c":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"stable_token"}`,
+		"wx-b":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token","daily_quota_budget":10}`,
+		"wx-c":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token"}`,
+		"wx-stable": `{"kind":"wechat_mp","client_id":"wxshared"}`,
 		"wx-solo":   `{"kind":"wechat_mp","client_id":"wxsolo","token_api":"token"}`,
 		"wx-st1":    `{"kind":"wechat_mp","client_id":"wxstable"}`,
 		"wx-st2":    `{"kind":"wechat_mp","client_id":"wxstable","token_api":"stable_token"}`,
@@ -362,7 +364,7 @@ func TestSharedWeChatAppIDWithTokenAPIRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"gh", "gl-expiry", "wx-solo", "wx-st1", "wx-st2", "wx-web"}
+	want := []string{"gh", "gl-expiry", "wx-solo", "wx-st1", "wx-st2", "wx-stable", "wx-web"}
 	if got := snap.Names(); !slices.Equal(got, want) {
 		t.Fatalf("loaded %v, want %v", got, want)
 	}
@@ -371,7 +373,7 @@ func TestSharedWeChatAppIDWithTokenAPIRefused(t *testing.T) {
 		if !errors.Is(err, config.ErrInvalid) {
 			t.Fatalf("%s: %v, want ErrInvalid", name, err)
 		}
-		for _, part := range []string{prefix + "/providers/" + name + "/config", "client_id", `"wxshared"`, "provider(s) " + others, `token_api "token"`} {
+		for _, part := range []string{prefix + "/providers/" + name + "/config", "client_id", `"wxshared"`, "provider(s) " + others + ` with token_api "token"`} {
 			if !strings.Contains(err.Error(), part) {
 				t.Fatalf("%s: %q does not say %q", name, err, part)
 			}

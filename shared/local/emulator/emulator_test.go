@@ -378,6 +378,9 @@ func TestWeChatStableToken(t *testing.T) {
 	if a := stable(true); str(a, "access_token") != t3 || num(a, "expires_in") != 7190 {
 		t.Fatalf("forced 10 s later must be ignored: %s", a.raw)
 	}
+	if !emu.ValidGlobal(t2) {
+		t.Fatal("the token a forced renewal replaced must keep working a while")
+	}
 	clk.Advance(21 * time.Second)
 	if a := stable(true); str(a, "access_token") == t3 {
 		t.Fatalf("forced 31 s after the last: %s", a.raw)
@@ -385,9 +388,15 @@ func TestWeChatStableToken(t *testing.T) {
 	if s := emu.StableStats(); s.Forced != 3 || s.ForcedIssued != 2 || s.ForcedIgnored != 1 || s.ForcedRefused != 0 || s.Normal != 4 {
 		t.Fatalf("stats %+v", s)
 	}
+	// Two forced renewals 30 s apart end the token before them at once
+	// (WeChat's remedy for a leaked token); the one just replaced keeps
+	// its five minutes.
+	if emu.ValidGlobal(t2) || !emu.ValidGlobal(t3) {
+		t.Fatalf("after the second forced renewal: t2 valid %v, t3 valid %v", emu.ValidGlobal(t2), emu.ValidGlobal(t3))
+	}
 	clk.Advance(5 * time.Minute)
-	if emu.ValidGlobal(t2) || emu.ValidGlobal(t3) {
-		t.Fatal("tokens replaced by a forced renewal live past five minutes")
+	if emu.ValidGlobal(t3) {
+		t.Fatal("a token replaced by a forced renewal lives past five minutes")
 	}
 
 	// The 20 a day: 2 spent, 18 more, then 45009.
@@ -415,12 +424,26 @@ func TestWeChatStableToken(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 
-	// cgi-bin/token: a new token every call, the previous one five minutes.
+	// cgi-bin/token: a new token every call, the previous one five
+	// minutes; its tokens and stable_token's never end each other.
+	stableNow := emu.CurrentGlobal()
 	before := emu.GlobalTokenCalls()
 	a := get(t, srv.URL+"/cgi-bin/token?grant_type=client_credential&appid=wxid&secret=wxsecret")
 	b := get(t, srv.URL+"/cgi-bin/token?grant_type=client_credential&appid=wxid&secret=wxsecret")
 	if str(a, "access_token") == str(b, "access_token") || emu.GlobalTokenCalls() != before+2 || emu.Calls("/cgi-bin/token") != 2 {
 		t.Fatalf("cgi-bin/token: %s %s", a.raw, b.raw)
+	}
+	clk.Advance(6 * time.Minute)
+	if emu.ValidGlobal(str(a, "access_token")) || !emu.ValidGlobal(str(b, "access_token")) {
+		t.Fatal("cgi-bin/token's replaced token must end five minutes later, its latest live on")
+	}
+	if !emu.ValidGlobal(stableNow) || emu.CurrentGlobal() != stableNow {
+		t.Fatal("cgi-bin/token calls ended stable_token's token")
+	}
+	clk.Advance(31 * time.Second)
+	stable(true)
+	if !emu.ValidGlobal(str(b, "access_token")) {
+		t.Fatal("a forced stable_token renewal ended cgi-bin/token's token")
 	}
 }
 

@@ -11,7 +11,9 @@ import (
 
 // WeChat emulates the official account's global token (cgi-bin/token,
 // cgi-bin/stable_token) and web authorization (connect/oauth2/authorize,
-// sns/oauth2/access_token, sns/oauth2/refresh_token) for one app.
+// sns/oauth2/access_token, sns/oauth2/refresh_token) for one app. As at
+// WeChat, the tokens of cgi-bin/token and of stable_token are separate:
+// a call to one never ends a token of the other.
 type WeChat struct {
 	core
 	AppID, Secret string
@@ -30,18 +32,22 @@ type WeChat struct {
 	// then says 40001 "not latest" rather than 42001 "expired"); killed:
 	// ended by KillAccess.
 	replaced, killed map[string]bool
-	current          string
-	forceDay         string
-	forcedToday      int
-	lastForced       time.Time
-	stable           StableTokenStats
-	killCount        int
-	codes       map[string]*wechatCode
-	refresh     map[string]*wechatGrant
-	userTokens  map[string]time.Time
-	users       int
-	quotaDay    string
-	quotaUsed   int
+	// current is cgi-bin/token's latest token. stableCurrent is
+	// stable_token's, and stablePrevious the one it replaced: WeChat keeps
+	// the two APIs' tokens apart ("完全隔离，互不影响"), so neither API's
+	// calls end the other's tokens.
+	current, stableCurrent, stablePrevious string
+	forceDay                               string
+	forcedToday                            int
+	lastForced                             time.Time
+	stable                                 StableTokenStats
+	killCount                              int
+	codes                                  map[string]*wechatCode
+	refresh                                map[string]*wechatGrant
+	userTokens                             map[string]time.Time
+	users                                  int
+	quotaDay                               string
+	quotaUsed                              int
 }
 
 type wechatCode struct {
@@ -141,7 +147,7 @@ func (e *WeChat) StableStats() StableTokenStats {
 func (e *WeChat) CurrentGlobal() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.current
+	return e.stableCurrent
 }
 
 // KillAccess ends one access token now, a global or a web-authorization
@@ -216,19 +222,46 @@ func (e *WeChat) ValidUserToken(token string) bool {
 	return ok && now.Before(exp)
 }
 
-// issueGlobal makes a new global token; the previous one keeps working for
-// five more minutes (or until its own expiry, whichever is first).
+// issueGlobal makes a new cgi-bin/token token; the previous one keeps
+// working for five more minutes (or until its own expiry, whichever is
+// first).
 func (e *WeChat) issueGlobal(now time.Time) string {
-	if e.current != "" {
-		if exp := e.global[e.current]; now.Add(WeChatOverlap).Before(exp) {
-			e.global[e.current] = now.Add(WeChatOverlap)
-			e.replaced[e.current] = true
+	e.retire(now, e.current)
+	e.current = e.mint(now)
+	return e.current
+}
+
+// issueStable makes a new stable_token token. Only one earlier token
+// keeps working beside it (five more minutes at most): the one before
+// that ends now, which is how two forced calls 30 s apart end a leaked
+// token at once, as WeChat's guide says.
+func (e *WeChat) issueStable(now time.Time) {
+	if e.stablePrevious != "" {
+		if exp := e.global[e.stablePrevious]; now.Before(exp) {
+			e.global[e.stablePrevious] = now
+			e.replaced[e.stablePrevious] = true
 		}
 	}
+	e.retire(now, e.stableCurrent)
+	e.stablePrevious = e.stableCurrent
+	e.stableCurrent = e.mint(now)
+}
+
+// retire cuts the life of a replaced token to five minutes from now.
+func (e *WeChat) retire(now time.Time, old string) {
+	if old == "" {
+		return
+	}
+	if exp := e.global[old]; now.Add(WeChatOverlap).Before(exp) {
+		e.global[old] = now.Add(WeChatOverlap)
+		e.replaced[old] = true
+	}
+}
+
+func (e *WeChat) mint(now time.Time) string {
 	n := e.TokenLength
 	tok := randomToken("WXG", n)[:n]
 	e.global[tok] = now.Add(WeChatTokenTTL)
-	e.current = tok
 	e.globalIssued++
 	return tok
 }
@@ -283,7 +316,8 @@ func (e *WeChat) token(w http.ResponseWriter, r *http.Request) {
 // expires_in, while more than five minutes of it remain; in its last five
 // minutes a call gets a new token (the old one keeps working until its own
 // expiry), so every answer is valid for at least 300 s. force_refresh
-// replaces it at once (the old one works five more minutes), at most
+// replaces it at once (the old one works five more minutes, or until the
+// next replacement), at most
 // StableForceLimit times a China Standard Time day (then errcode 45009);
 // one within 30 s of the last forced replacement is ignored and gets the
 // current token back.
@@ -313,7 +347,7 @@ func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 	now := e.clock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	exp, valid := e.global[e.current]
+	exp, valid := e.global[e.stableCurrent]
 	valid = valid && now.Add(WeChatOverlap).Before(exp)
 	if body.ForceRefresh {
 		e.stable.Forced++
@@ -325,7 +359,7 @@ func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 			e.stable.ForcedRefused++
 			errcode(w, 45009, "reach max api daily quota limit")
 			return
-		case !e.lastForced.IsZero() && now.Sub(e.lastForced) < weChatForceMinGap && e.current != "":
+		case !e.lastForced.IsZero() && now.Sub(e.lastForced) < weChatForceMinGap && e.stableCurrent != "":
 			e.stable.ForcedIgnored++
 			valid = true
 		default:
@@ -341,10 +375,10 @@ func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !valid {
-		e.issueGlobal(now)
-		exp = e.global[e.current]
+		e.issueStable(now)
+		exp = e.global[e.stableCurrent]
 	}
-	out := map[string]any{"access_token": e.current, "expires_in": int(exp.Sub(now).Seconds())}
+	out := map[string]any{"access_token": e.stableCurrent, "expires_in": int(exp.Sub(now).Seconds())}
 	writeToken(w, e.odd(out), out)
 }
 
