@@ -25,13 +25,19 @@ const DefaultTimeout = 10 * time.Second
 // UserAgent is sent on every provider call.
 const UserAgent = "github.com/tokenbroker/tokenbroker/1 (+https://github.com/tokenbroker)"
 
-// TokenSet is what a provider grants.
+// TokenSet is what a provider grants. It carries at least one token: an
+// answer with a refresh token and no access token is still a TokenSet, so
+// that a rotation the provider has made is never thrown away.
 type TokenSet struct {
+	// AccessToken is empty only when the answer carried a refresh token
+	// alone.
 	AccessToken  string
 	RefreshToken string
 	TokenType    string
 	Scope        string
-	// ExpiresAt is zero when the provider gave no expiry.
+	// ExpiresAt is zero when the expiry is unknown: the answer gave none,
+	// or one that cannot be read (0, negative, above MaxExpiresIn, not a
+	// whole number of seconds), and the config sets no default_expires_in.
 	ExpiresAt time.Time
 	// RefreshExpiresAt is zero when unknown; on a refresh, zero means the
 	// refresh token's known expiry does not change.
