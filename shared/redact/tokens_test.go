@@ -85,3 +85,34 @@ func TestTokenValuesBounded(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTokenValues: any body, however broken, yields bounded values and
+// never a panic; a value written after "access_token" and an assignment
+// is always among them.
+func FuzzTokenValues(f *testing.F) {
+	f.Add(`{"access_token":"abc`, "0123456789abcdefXYZ")
+	f.Add(`access%5Ftoken%3D`, "tok%2Bvalue-0123456789")
+	f.Add(`<p>refresh_token</p>`, "zzzzzzzzzzzzzzzzzzzzzzzz")
+	f.Add(`\"id_token\":\"`, `eyJhbGciOi.J9.x`)
+	f.Fuzz(func(t *testing.T, body, value string) {
+		values := redact.TokenValues(body)
+		if len(values) > 3*64 {
+			t.Fatalf("%d values", len(values))
+		}
+		for _, v := range values {
+			if len(v) > 3*(8<<10) {
+				t.Fatalf("value of %d bytes", len(v))
+			}
+		}
+		// Separators before a value are skipped, and JSON literals are no
+		// values: such a "value" is not expected back.
+		if value == "" || len(value) > 1024 || strings.ContainsAny(value, "&\"',;<>{}[]()# \t\r\n\\%") ||
+			strings.ContainsAny(value[:1], ":=") || value == "null" || value == "true" || value == "false" {
+			return
+		}
+		got := redact.TokenValues(`{"x":1,"access_token=` + value)
+		if !slices.Contains(got, value) {
+			t.Fatalf("value %q not found: %q", value, got)
+		}
+	})
+}
