@@ -364,5 +364,35 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 		}
 		snap.providers[prov] = &Provider{Config: cfg, Secret: secret}
 	}
+	refuseSharedTokenAppIDs(snap, provPrefix)
 	return snap
+}
+
+// refuseSharedTokenAppIDs moves to the problems every wechat_mp provider
+// with token_api "token" whose AppID another such provider also uses.
+// Each cgi-bin/token call ends the previous token of that AppID five
+// minutes later, and a provider name knows only its own fetches: the other
+// name would go on serving a token WeChat has killed. stable_token's tokens
+// are kept apart from cgi-bin/token's at WeChat ("完全隔离，互不影响"), so
+// names on stable_token never clash with a token-mode name and are left
+// alone. The other providers load as usual.
+func refuseSharedTokenAppIDs(snap *Snapshot, provPrefix string) {
+	byAppID := map[string][]string{}
+	for name, p := range snap.providers {
+		if p.Config.Kind == provider.KindWeChatMP && p.Config.TokenAPI == "token" {
+			byAppID[p.Config.ClientID] = append(byAppID[p.Config.ClientID], name)
+		}
+	}
+	for appID, names := range byAppID {
+		if len(names) < 2 {
+			continue
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			others := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == name })
+			snap.problems[name] = fmt.Errorf("%w: %s%s/config: client_id %q (a wechat_mp AppID) with token_api \"token\" is also used by provider(s) %s with token_api \"token\": every cgi-bin/token fetch by one name kills the token another name holds. Keep one token-mode provider name per AppID, or set token_api \"stable_token\"",
+				ErrInvalid, provPrefix, name, appID, strings.Join(others, ", "))
+			delete(snap.providers, name)
+		}
+	}
 }

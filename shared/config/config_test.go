@@ -331,3 +331,65 @@ func TestLoadWithoutSecretsFailures(t *testing.T) {
 		t.Error("a failed listing loaded a snapshot")
 	}
 }
+
+// TestSharedWeChatAppIDWithTokenAPIRefused: issue 16 item 6. Two wechat_mp
+// names on one AppID with token_api "token" would each kill the other's
+// token; both are refused, each naming the parameter, the field and the
+// other name. stable_token's tokens are apart from cgi-bin/token's at
+// WeChat, so names on stable_token may share an AppID with anything, and
+// every other provider loads.
+func TestSharedWeChatAppIDWithTokenAPIRefused(t *testing.T) {
+	client := localaws.SSMClient(endpoints.SSM)
+	prefix := "/" + localaws.UniqueName("appid")
+	docs := map[string]string{
+		"wx-a":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token"}`,
+		"wx-b":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token","daily_quota_budget":10}`,
+		"wx-c":      `{"kind":"wechat_mp","client_id":"wxshared","token_api":"token"}`,
+		"wx-stable": `{"kind":"wechat_mp","client_id":"wxshared"}`,
+		"wx-solo":   `{"kind":"wechat_mp","client_id":"wxsolo","token_api":"token"}`,
+		"wx-st1":    `{"kind":"wechat_mp","client_id":"wxstable"}`,
+		"wx-st2":    `{"kind":"wechat_mp","client_id":"wxstable","token_api":"stable_token"}`,
+		"wx-web":    `{"kind":"wechat_oauth","client_id":"wxsolo"}`,
+		"gh":        `{"preset":"github","client_id":"wxshared"}`,
+		"gl-expiry": `{"preset":"gitlab","client_id":"g","default_expires_in":7200,"revoke_per_token":false}`,
+		"bad-exp":   `{"preset":"gitlab","client_id":"g","default_expires_in":30}`,
+	}
+	for name, doc := range docs {
+		put(t, client, prefix+"/providers/"+name+"/config", doc, false)
+		put(t, client, prefix+"/providers/"+name+"/client_secret", "s-"+name, true)
+	}
+	put(t, client, prefix+"/token-keys", ring, true)
+	l := &config.Loader{SSM: client, Prefix: prefix}
+	snap, err := l.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"gh", "gl-expiry", "wx-solo", "wx-st1", "wx-st2", "wx-stable", "wx-web"}
+	if got := snap.Names(); !slices.Equal(got, want) {
+		t.Fatalf("loaded %v, want %v", got, want)
+	}
+	for name, others := range map[string]string{"wx-a": "wx-b, wx-c", "wx-b": "wx-a, wx-c", "wx-c": "wx-a, wx-b"} {
+		_, err := snap.Provider(name)
+		if !errors.Is(err, config.ErrInvalid) {
+			t.Fatalf("%s: %v, want ErrInvalid", name, err)
+		}
+		for _, part := range []string{prefix + "/providers/" + name + "/config", "client_id", `"wxshared"`, "provider(s) " + others + ` with token_api "token"`} {
+			if !strings.Contains(err.Error(), part) {
+				t.Fatalf("%s: %q does not say %q", name, err, part)
+			}
+		}
+	}
+	if len(snap.Problems()) != 4 {
+		t.Fatalf("problems %v, want wx-a, wx-b, wx-c and bad-exp", snap.Problems())
+	}
+	if _, err := snap.Provider("bad-exp"); err == nil || !strings.Contains(err.Error(), "default_expires_in") || !strings.Contains(err.Error(), prefix+"/providers/bad-exp/config") {
+		t.Fatalf("bad-exp: %v", err)
+	}
+	p, err := snap.Provider("gl-expiry")
+	if err != nil || p.Config.DefaultExpiresIn != 7200 || p.Config.RevokesPerToken() {
+		t.Fatalf("gl-expiry = %+v, %v", p, err)
+	}
+	if p, err := snap.Provider("gh"); err != nil || p.Config.ClientID != "wxshared" {
+		t.Fatalf("an oauth2 provider with the same client_id: %+v, %v", p, err)
+	}
+}

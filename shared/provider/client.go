@@ -25,13 +25,19 @@ const DefaultTimeout = 10 * time.Second
 // UserAgent is sent on every provider call.
 const UserAgent = "github.com/tokenbroker/tokenbroker/1 (+https://github.com/tokenbroker)"
 
-// TokenSet is what a provider grants.
+// TokenSet is what a provider grants. It carries at least one token: an
+// answer with a refresh token and no access token is still a TokenSet, so
+// that a rotation the provider has made is never thrown away.
 type TokenSet struct {
+	// AccessToken is empty only when the answer carried a refresh token
+	// alone.
 	AccessToken  string
 	RefreshToken string
 	TokenType    string
 	Scope        string
-	// ExpiresAt is zero when the provider gave no expiry.
+	// ExpiresAt is zero when the expiry is unknown: the answer gave none,
+	// or one that cannot be read (0, negative, above MaxExpiresIn, not a
+	// whole number of seconds), and the config sets no default_expires_in.
 	ExpiresAt time.Time
 	// RefreshExpiresAt is zero when unknown; on a refresh, zero means the
 	// refresh token's known expiry does not change.
@@ -146,6 +152,17 @@ const (
 type call struct {
 	op      string
 	secrets []string
+	// answer is the provider's answer body, once there is one: every
+	// token value in it is masked too (redact.Redactor.WithTokensIn),
+	// parsed or not, so that a 500 page or a cut-off JSON object carrying
+	// tokens never puts them into error text.
+	answer string
+}
+
+// answered returns c knowing the body of r.
+func (c call) answered(r *response) call {
+	c.answer = string(r.body)
+	return c
 }
 
 // with returns c also carrying secrets; c itself is unchanged.
@@ -157,7 +174,7 @@ func (c call) with(secrets ...string) call {
 // fail builds the *Error of call c. Code and msg are provider text: they
 // go through redact with every secret of the call before being clipped.
 func (b *base) fail(c call, code, msg string, status int, class Class) *Error {
-	r := redact.New(c.secrets...).WithBasicAuth(b.cfg.ClientID, b.secret)
+	r := redact.New(c.secrets...).WithBasicAuth(b.cfg.ClientID, b.secret).WithTokensIn(c.answer)
 	return &Error{Provider: b.cfg.Name, Op: c.op, Code: r.String(code, maxCode), Message: r.String(msg, maxMessage), HTTPStatus: status, Class: class}
 }
 
@@ -229,16 +246,17 @@ func (b *base) transportError(c call, err error) *Error {
 // provider error: a 5xx, 429 or HTML page is transient; a 4xx with nothing
 // we understand is too (an outage page is likelier than a revoked grant).
 func (b *base) httpStatusError(c call, r *response) *Error {
-	return b.fail(c, fmt.Sprintf("http_%d", r.status), snippet(r), r.status, ClassTransient)
+	return b.fail(c.answered(r), fmt.Sprintf("http_%d", r.status), snippet(r), r.status, ClassTransient)
 }
 
 // snippet is the provider text kept from an unparseable answer. fail
 // redacts and clips it.
 func snippet(r *response) string {
-	if strings.Contains(r.contentType, "html") || strings.HasPrefix(strings.TrimSpace(string(r.body)), "<") {
+	text := bodyText(r)
+	if strings.Contains(r.contentType, "html") || strings.HasPrefix(text, "<") {
 		return "HTML page instead of a token response"
 	}
-	return string(r.body)
+	return text
 }
 
 // extraFields are the only token-response fields kept in TokenSet.Extra:

@@ -79,3 +79,75 @@ func TestSinaCloudDefaultsFollowItsDocument(t *testing.T) {
 		t.Fatalf("sinacloud defaults = %+v", cfg)
 	}
 }
+
+// TestRevokePerToken: presets say how their provider revokes, a document
+// overrides them, and without a revoke_url nothing is per token.
+func TestRevokePerToken(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		want      bool
+	}{
+		{"google preset: revoking ends the whole grant", `{"preset":"google","client_id":"x"}`, false},
+		{"gitlab preset: per token", `{"preset":"gitlab","client_id":"x"}`, true},
+		{"github preset: no revoke_url", `{"preset":"github","client_id":"x"}`, false},
+		{"google overridden", `{"preset":"google","client_id":"x","revoke_per_token":true}`, true},
+		{"gitlab overridden", `{"preset":"gitlab","client_id":"x","revoke_per_token":false}`, false},
+		{"oauth2 unset", `{"kind":"oauth2","client_id":"x","authorize_url":"https://a.example/a","token_url":"https://a.example/t","revoke_url":"https://a.example/r"}`, false},
+		{"oauth2 set", `{"kind":"oauth2","client_id":"x","authorize_url":"https://a.example/a","token_url":"https://a.example/t","revoke_url":"https://a.example/r","revoke_per_token":true}`, true},
+		{"set without revoke_url", `{"kind":"oauth2","client_id":"x","authorize_url":"https://a.example/a","token_url":"https://a.example/t","revoke_per_token":true}`, false},
+		{"github with a revoke_url and the field", `{"preset":"github","client_id":"x","revoke_url":"https://g.example/r","revoke_per_token":true}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := mustConfig(t, "p", tc.doc).RevokesPerToken(); got != tc.want {
+				t.Fatalf("RevokesPerToken = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	_, err := provider.ParseConfig("p", []byte(`{"preset":"gitlab","client_id":"x","revoke_per_token":"yes"}`))
+	if err == nil || !strings.Contains(err.Error(), "revoke_per_token") {
+		t.Fatalf("a string revoke_per_token: %v", err)
+	}
+}
+
+// TestDefaultExpiresInBounds: 0 (no assumed lifetime) or 60 s to ten
+// years; anything else is refused with an error naming the field.
+func TestDefaultExpiresInBounds(t *testing.T) {
+	base := `{"kind":"oauth2","client_id":"x","authorize_url":"https://a.example/a","token_url":"https://a.example/t","default_expires_in":`
+	for _, v := range []string{"0", "60", "3600", "315360000"} {
+		cfg, err := provider.ParseConfig("p", []byte(base+v+`}`))
+		if err != nil {
+			t.Fatalf("%s refused: %v", v, err)
+		}
+		if strings.TrimLeft(v, "0") != "" && cfg.DefaultExpiresIn == 0 {
+			t.Fatalf("%s not kept", v)
+		}
+	}
+	for _, v := range []string{"-1", "1", "59", "315360001", "2147483647"} {
+		_, err := provider.ParseConfig("p", []byte(base+v+`}`))
+		if err == nil || !strings.HasPrefix(err.Error(), "provider: p: default_expires_in ") || !strings.Contains(err.Error(), v) {
+			t.Fatalf("%s: got %v, want an error naming default_expires_in and the value", v, err)
+		}
+	}
+	for _, v := range []string{`"3600"`, `3600.5`, `null`} {
+		_, err := provider.ParseConfig("p", []byte(base+v+`}`))
+		if v == `null` {
+			if err != nil {
+				t.Fatalf("null refused: %v", err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "default_expires_in") {
+			t.Fatalf("%s: got %v, want an error naming default_expires_in", v, err)
+		}
+	}
+	// Every kind takes it: a WeChat or SinaCloud answer may lack an expiry too.
+	for _, doc := range []string{
+		`{"kind":"wechat_mp","client_id":"wx","default_expires_in":7200}`,
+		`{"kind":"wechat_oauth","client_id":"wx","default_expires_in":7200}`,
+		`{"kind":"sinacloud","client_id":"s","default_expires_in":604800}`,
+	} {
+		if cfg := mustConfig(t, "p", doc); cfg.DefaultExpiresIn == 0 {
+			t.Fatalf("%s: not kept", doc)
+		}
+	}
+}

@@ -75,6 +75,25 @@ func FuzzParseToken(f *testing.F) {
 		{400, "application/json", `{"error":"login_required","error_description":"` + strings.Repeat("x", 190) + fuzzRefresh + `"}`},
 		{400, "application/json", `{"error":"unauthorized_client","error_description":"no refresh permission"}`},
 		{200, "application/json", `{"access_token":"a","id_token":"eyJ.x.y","mac_key":"k","openid":"o","uid":"u","sub":"s","unknown":"z"}`},
+		// Issue 16: an answer with tokens is a success whatever else it holds.
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":2147483647}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":-1}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":0}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":"3600s"}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":3600.5}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":null}`},
+		{200, "application/json", `{"access_token":"a","refresh_token":"r","expires_in":{"s":1}}`},
+		{200, "application/json", `{"access_token":"a","expires_in":" 3600 "}`},
+		{200, "application/json", `{"access_token":"a","expires_in":"3600.0"}`},
+		{200, "application/json", `{"access_token":"a","expires_in":3600.0}`},
+		{200, "application/json", "\uFEFF{\"access_token\":\"a\",\"expires_in\":3600}"},
+		{200, "application/json", " \r\n\t{\"access_token\":\"a\"}\n\n"},
+		{200, "application/x-www-form-urlencoded", "\uFEFFaccess_token=a&expires_in=3600s\n"},
+		{200, "application/json", `{"access_token":"a","scope":["openid","email"],"token_type":7,"refresh_expires_in":"x","uid":{"n":1}}`},
+		{200, "application/json", `{"access_token":"a","scope":null,"token_type":null,"refresh_token_expires_in":-5}`},
+		{200, "application/json", `{"refresh_token":"r"}`},
+		{200, "application/json", `{"error":"invalid_grant","access_token":"a","refresh_token":"r"}`},
+		{500, "application/json", `{"access_token":"a","refresh_token":"` + fuzzRefresh + `"}`},
 	} {
 		f.Add(seed.status, seed.ct, []byte(seed.body))
 	}
@@ -82,8 +101,11 @@ func FuzzParseToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, ct string, body []byte) {
 		for _, o := range clients {
 			ts, err := o.parseToken(fuzzCall, &response{status: status, contentType: ct, body: body})
-			if err == nil && (ts == nil || ts.AccessToken == "") {
-				t.Fatal("success without an access token")
+			if err == nil && (ts == nil || ts.AccessToken == "" && ts.RefreshToken == "") {
+				t.Fatal("success without a token")
+			}
+			if ts != nil && !ts.ExpiresAt.IsZero() && ts.ExpiresAt.After(time.Unix(MaxExpiresIn, 0)) {
+				t.Fatalf("expiry %v beyond MaxExpiresIn", ts.ExpiresAt)
 			}
 			checkFuzzError(t, err)
 			if ts != nil {
@@ -112,6 +134,16 @@ func FuzzParseWeChat(f *testing.F) {
 		`{"errcode":40001,"errmsg":"invalid credential, secret=` + fuzzSecret + `"}`,
 		`{"errcode":40125,"errmsg":"` + strings.Repeat("y", 195) + fuzzSecret + `"}`,
 		`{"access_token":"wx-token-0123456789","expires_in":"wx-token-0123456789"}`,
+		// Issue 16: a token answer is a success whatever else it holds.
+		`{"access_token":"a","expires_in":2147483647}`,
+		`{"access_token":"a","expires_in":-1}`,
+		`{"access_token":"a","expires_in":"3600s"}`,
+		`{"access_token":"a","expires_in":7200.0,"scope":["snsapi_base"],"openid":{"x":1},"is_snapshotuser":null}`,
+		`{"errcode":0,"errmsg":"ok","access_token":"a","expires_in":null}`,
+		`{"errcode":"0","access_token":"a","expires_in":" 7200 "}`,
+		`{"errcode":{},"access_token":"a"}`,
+		"\uFEFF{\"access_token\":\"a\",\"expires_in\":7200}",
+		" \n{\"access_token\":\"a\",\"expires_in\":\"7200.0\"}\r\n",
 	} {
 		f.Add(200, []byte(seed))
 	}
@@ -123,10 +155,12 @@ func FuzzParseWeChat(f *testing.F) {
 			checkFuzzError(t, err)
 			return
 		}
-		ts, err := w.tokenSet(fuzzCall, reply)
-		checkFuzzError(t, err)
-		if err == nil && ts.AccessToken == "" {
-			t.Fatal("success without an access token")
+		ts := w.tokenSet(reply)
+		if ts.AccessToken == "" && ts.RefreshToken == "" {
+			t.Fatal("success without a token")
+		}
+		if !ts.ExpiresAt.IsZero() && ts.ExpiresAt.After(time.Unix(MaxExpiresIn, 0)) {
+			t.Fatalf("expiry %v beyond MaxExpiresIn", ts.ExpiresAt)
 		}
 	})
 }

@@ -3,13 +3,8 @@ package provider
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
-	"fmt"
-	"maps"
-	"mime"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -132,7 +127,12 @@ func (o *oauth2Client) token(ctx context.Context, c call, form url.Values) (*Tok
 
 // parseToken reads an RFC 6749 §5.1 answer, JSON or form-encoded (GitHub
 // without Accept), and §5.2 errors, including those sent with HTTP 200.
+//
+// A 2xx answer that carries a token is a success whatever else it holds
+// (see fields.go): an "error" beside tokens is ignored, an unreadable
+// expiry is unknown. An "error" wins only where no token came back.
 func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
+	c = c.answered(r)
 	fields, perr := decodeTokenBody(r)
 	if perr != nil {
 		if r.status < 200 || r.status > 299 {
@@ -140,40 +140,40 @@ func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 		}
 		return nil, o.fail(c, "bad_response", perr.Error(), r.status, ClassTransient)
 	}
+	access, refresh := fieldString(fields["access_token"]), fieldString(fields["refresh_token"])
 	// Whatever the answer says next is redacted of the credentials it holds.
-	c = c.with(fieldString(fields["access_token"]), fieldString(fields["refresh_token"]),
-		fieldString(fields["id_token"]), fieldString(fields["mac_key"]))
-	if code := fieldString(fields["error"]); code != "" {
+	c = c.with(access, refresh, fieldString(fields["id_token"]), fieldString(fields["mac_key"]))
+	ok := r.status >= 200 && r.status <= 299
+	if code := fieldString(fields["error"]); code != "" && !(ok && (access != "" || refresh != "")) {
 		return nil, o.fail(c, code, fieldString(fields["error_description"]), r.status, classifyOAuth(o.cfg.Kind, c.op, code, r.status))
 	}
-	if r.status < 200 || r.status > 299 {
+	if !ok {
 		return nil, o.httpStatusError(c, r)
 	}
-	access := fieldString(fields["access_token"])
-	if access == "" {
+	if access == "" && refresh == "" {
 		return nil, o.fail(c, "bad_response", "no access_token in the response", r.status, ClassTransient)
-	}
-	secs, err := parseExpiresIn(fields["expires_in"])
-	if err != nil {
-		return nil, o.fail(c, "bad_response", err.Error(), r.status, ClassTransient)
 	}
 	now := o.now()
 	ts := &TokenSet{
-		AccessToken: access, RefreshToken: fieldString(fields["refresh_token"]),
-		TokenType: fieldString(fields["token_type"]), Scope: fieldString(fields["scope"]),
+		AccessToken: access, RefreshToken: refresh,
+		TokenType: textField(fields["token_type"]), Scope: scopeField(fields["scope"]),
 	}
 	if ts.TokenType == "" || strings.EqualFold(ts.TokenType, "bearer") {
 		ts.TokenType = "Bearer"
 	}
-	if secs > 0 {
-		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
-		if o.cfg.Kind == KindSinaCloud && ts.RefreshToken != "" {
-			ts.RefreshExpiresAt = ts.ExpiresAt.Add(SinaCloudRefreshGrace)
-		}
+	var known bool
+	if access != "" {
+		ts.ExpiresAt, known = o.expiry(now, fields["expires_in"])
 	}
-	if secs := fieldString(fields["refresh_token_expires_in"]); secs != "" {
-		if n, err := strconv.ParseInt(secs, 10, 64); err == nil && n > 0 {
-			ts.RefreshExpiresAt = now.Add(time.Duration(n) * time.Second)
+	if known && o.cfg.Kind == KindSinaCloud && refresh != "" {
+		ts.RefreshExpiresAt = ts.ExpiresAt.Add(SinaCloudRefreshGrace)
+	}
+	// GitHub names the refresh token's lifetime refresh_token_expires_in,
+	// Keycloak refresh_expires_in.
+	for _, k := range []string{"refresh_token_expires_in", "refresh_expires_in"} {
+		if secs, ok := secondsField(fields[k]); ok {
+			ts.RefreshExpiresAt = now.Add(time.Duration(secs) * time.Second)
+			break
 		}
 	}
 	candidates := make(map[string]string, len(extraFields))
@@ -182,71 +182,6 @@ func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 	}
 	ts.Extra = keepExtra(candidates)
 	return ts, nil
-}
-
-// decodeTokenBody returns the top-level fields of a JSON object or a
-// form-encoded body, as raw JSON values.
-func decodeTokenBody(r *response) (map[string]json.RawMessage, error) {
-	mt, _, _ := mime.ParseMediaType(r.contentType)
-	text := strings.TrimSpace(string(r.body))
-	if text == "" {
-		return nil, fmt.Errorf("empty response")
-	}
-	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" && !strings.HasPrefix(text, "{") {
-		q, err := url.ParseQuery(text)
-		if err != nil {
-			return nil, fmt.Errorf("form response: %v", err)
-		}
-		fields := make(map[string]json.RawMessage, len(q))
-		for k := range q {
-			raw, _ := json.Marshal(q.Get(k))
-			fields[k] = raw
-		}
-		return fields, nil
-	}
-	if strings.HasPrefix(text, "<") {
-		return nil, fmt.Errorf("HTML page instead of a token response")
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(r.body, &fields); err != nil {
-		return nil, fmt.Errorf("response is not a JSON object: %v", err)
-	}
-	return maps.Clone(fields), nil
-}
-
-// fieldString reads a JSON string, number or bool as text; null and
-// objects are empty.
-func fieldString(raw json.RawMessage) string {
-	if len(raw) == 0 {
-		return ""
-	}
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	var n json.Number
-	if json.Unmarshal(raw, &n) == nil {
-		return n.String()
-	}
-	var b bool
-	if json.Unmarshal(raw, &b) == nil {
-		return strconv.FormatBool(b)
-	}
-	return ""
-}
-
-// parseExpiresIn accepts a number, a numeric string or nothing (0). A
-// negative or absurd value is a bad response, not a token that never expires.
-func parseExpiresIn(raw json.RawMessage) (int64, error) {
-	s := fieldString(raw)
-	if s == "" {
-		return 0, nil
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 || f > 10*365*24*3600 {
-		return 0, fmt.Errorf("expires_in %.40q is not a valid number of seconds", s)
-	}
-	return int64(f), nil
 }
 
 // Revoke calls the RFC 7009 endpoint where the provider has one.

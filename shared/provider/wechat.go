@@ -20,62 +20,62 @@ type wechat struct{ base }
 // lives from the code exchange.
 const WeChatRefreshTokenLifetime = 30 * 24 * time.Hour
 
-// wechatReply is every field WeChat's token endpoints may send. errcode 0 or
-// absent means success.
+// wechatReply is a WeChat answer that carries tokens: its fields as raw
+// JSON, read leniently (see fields.go).
 type wechatReply struct {
-	ErrCode        *int            `json:"errcode"`
-	ErrMsg         string          `json:"errmsg"`
-	AccessToken    string          `json:"access_token"`
-	ExpiresIn      json.RawMessage `json:"expires_in"`
-	RefreshToken   string          `json:"refresh_token"`
-	OpenID         string          `json:"openid"`
-	Scope          string          `json:"scope"`
-	UnionID        string          `json:"unionid"`
-	IsSnapshotUser json.RawMessage `json:"is_snapshotuser"`
+	fields          map[string]json.RawMessage
+	access, refresh string
 }
 
 // parse turns a WeChat answer into a reply or a classified error. WeChat
-// reports errors with HTTP 200 and an errcode body.
+// reports errors with HTTP 200 and an errcode body; a 2xx answer with no
+// non-zero errcode that carries a token is a success, whatever else in it
+// cannot be read.
 func (w *wechat) parse(c call, r *response) (*wechatReply, error) {
+	c = c.answered(r)
 	if r.status < 200 || r.status > 299 {
 		return nil, w.httpStatusError(c, r)
 	}
-	var reply wechatReply
-	if err := json.Unmarshal(r.body, &reply); err != nil {
-		msg := "response is not JSON: " + err.Error()
-		if strings.HasPrefix(strings.TrimSpace(string(r.body)), "<") {
+	text := bodyText(r)
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(text), &fields); err != nil {
+		msg := "response is not a JSON object: " + err.Error()
+		if strings.HasPrefix(text, "<") {
 			msg = "HTML page instead of a JSON response"
 		}
 		return nil, w.fail(c, "bad_response", msg, r.status, ClassTransient)
 	}
-	c = c.with(reply.AccessToken, reply.RefreshToken)
-	if reply.ErrCode != nil && *reply.ErrCode != 0 {
-		class, known := wechatClasses[*reply.ErrCode]
+	reply := &wechatReply{fields: fields, access: fieldString(fields["access_token"]), refresh: fieldString(fields["refresh_token"])}
+	c = c.with(reply.access, reply.refresh)
+	if code, ok := errcodeField(fields["errcode"]); ok && code != 0 {
+		class, known := wechatClasses[code]
 		if !known {
 			class = ClassTransient
 		}
-		return nil, w.fail(c, strconv.Itoa(*reply.ErrCode), reply.ErrMsg, r.status, class)
+		return nil, w.fail(c, strconv.Itoa(code), fieldString(fields["errmsg"]), r.status, class)
 	}
-	if reply.AccessToken == "" {
+	if reply.access == "" && reply.refresh == "" {
 		return nil, w.fail(c, "bad_response", "no access_token in the response", r.status, ClassTransient)
 	}
-	return &reply, nil
+	return reply, nil
 }
 
-func (w *wechat) tokenSet(c call, reply *wechatReply) (*TokenSet, error) {
-	now := w.now()
-	secs, err := parseExpiresIn(reply.ExpiresIn)
-	if err != nil {
-		return nil, w.fail(c.with(reply.AccessToken, reply.RefreshToken), "bad_response", err.Error(), 200, ClassTransient)
-	}
-	ts := &TokenSet{AccessToken: reply.AccessToken, RefreshToken: reply.RefreshToken, TokenType: "Bearer", Scope: reply.Scope}
-	if secs > 0 {
-		ts.ExpiresAt = now.Add(time.Duration(secs) * time.Second)
+// errcodeField reads WeChat's errcode, a number or a numeric string.
+func errcodeField(raw json.RawMessage) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimSpace(fieldString(raw)))
+	return n, err == nil
+}
+
+func (w *wechat) tokenSet(reply *wechatReply) *TokenSet {
+	ts := &TokenSet{AccessToken: reply.access, RefreshToken: reply.refresh, TokenType: "Bearer", Scope: scopeField(reply.fields["scope"])}
+	if ts.AccessToken != "" {
+		ts.ExpiresAt, _ = w.expiry(w.now(), reply.fields["expires_in"])
 	}
 	ts.Extra = keepExtra(map[string]string{
-		"openid": reply.OpenID, "unionid": reply.UnionID, "is_snapshotuser": fieldString(reply.IsSnapshotUser),
+		"openid": fieldString(reply.fields["openid"]), "unionid": fieldString(reply.fields["unionid"]),
+		"is_snapshotuser": fieldString(reply.fields["is_snapshotuser"]),
 	})
-	return ts, nil
+	return ts
 }
 
 func (w *wechat) MachineToken(ctx context.Context) (*TokenSet, error) {
@@ -124,7 +124,7 @@ func (w *wechat) machineToken(ctx context.Context, force bool) (*TokenSet, error
 	if err != nil {
 		return nil, err
 	}
-	return w.tokenSet(c, reply)
+	return w.tokenSet(reply), nil
 }
 
 // AuthorizeURL builds WeChat's URL with its required parameter order and
@@ -173,10 +173,7 @@ func (w *wechat) Exchange(ctx context.Context, code, _, _ string) (*TokenSet, er
 	if err != nil {
 		return nil, err
 	}
-	ts, err := w.tokenSet(c, reply)
-	if err != nil {
-		return nil, err
-	}
+	ts := w.tokenSet(reply)
 	if ts.RefreshToken != "" {
 		ts.RefreshExpiresAt = w.now().Add(WeChatRefreshTokenLifetime)
 	}
@@ -196,10 +193,7 @@ func (w *wechat) Refresh(ctx context.Context, refreshToken string) (*TokenSet, e
 	if err != nil {
 		return nil, err
 	}
-	ts, err := w.tokenSet(c, reply)
-	if err != nil {
-		return nil, err
-	}
+	ts := w.tokenSet(reply)
 	if ts.RefreshToken != "" && ts.RefreshToken != refreshToken {
 		ts.RefreshExpiresAt = w.now().Add(WeChatRefreshTokenLifetime)
 	}

@@ -26,6 +26,11 @@
 // while what can survive — fewer than 8 bytes at an edge where the
 // provider itself cut its echo — is too little of a 20-plus byte token to
 // help anyone guess it.
+//
+// Secrets the caller never knew — tokens inside a provider's answer that
+// did not parse, or came with an error status — are found by their keys
+// (TokenValues) and added with Redactor.WithTokensIn before any part of
+// the answer becomes text.
 package redact
 
 import (

@@ -7,7 +7,16 @@
 //
 // Each emulator is an http.Handler: tests wrap it in httptest.NewServer,
 // make dev serves it on a port. Each counts calls per endpoint and can be
-// told to answer the next calls to an endpoint with a Fault.
+// told to answer the next calls to an endpoint with a Fault, or to write
+// its successful token answers oddly (SetOddity).
+//
+// Each also serves a downstream API, APIPath, that stands for the
+// provider's resource server: it accepts a live access token as
+// "Authorization: Bearer …" or "?access_token=…" and rejects a dead one as
+// that provider does (OAuth2 and SinaCloud: HTTP 401; WeChat: HTTP 200
+// with errcode 40001 or 42001). KillAccess ends one access token there
+// without ending its grant, as a provider does when it revokes a token
+// early; the grant's refresh token keeps working.
 package emulator
 
 import (
@@ -16,6 +25,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"html"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -72,11 +82,32 @@ func OAuthError(status int, code, desc string) Fault {
 	return Fault{Status: status, ContentType: "application/json", Body: string(b)}
 }
 
+// Oddity changes how an emulator writes its successful token answers (code
+// exchange, refresh, client credentials, WeChat global token), the way
+// real providers do. Error answers are never changed.
+type Oddity struct {
+	// ExpiresIn, when not nil, is written as expires_in instead of the
+	// real lifetime: 2147483647 (a common "never"), -1, "3600s", nil
+	// cannot be written (use a json.RawMessage("null")). The token itself
+	// still lives its configured lifetime at the emulator.
+	ExpiresIn any
+	// BOM puts a UTF-8 byte-order mark before the body.
+	BOM bool
+}
+
+// APIPath is the downstream API every emulator serves (any method).
+const APIPath = "/api/resource"
+
 // core is what every emulator shares: counters, faults, latency, clock.
 type core struct {
 	mu     sync.Mutex
 	calls  map[string]int
 	faults map[string][]Fault
+	// oddity applies to successful token answers; oddAnswers counts them.
+	oddity     Oddity
+	oddAnswers int
+	// apiCalls and apiRejected count APIPath requests handled.
+	apiCalls, apiRejected int
 	// latency is added to every answer.
 	latency     time.Duration
 	now         func() time.Time
@@ -116,6 +147,100 @@ func (c *core) ClearFaults() {
 	c.mu.Lock()
 	c.faults = map[string][]Fault{}
 	c.mu.Unlock()
+}
+
+// SetOddity makes every later successful token answer odd as o says; the
+// zero Oddity writes them normally again.
+func (c *core) SetOddity(o Oddity) {
+	c.mu.Lock()
+	c.oddity = o
+	c.mu.Unlock()
+}
+
+// OddAnswers counts the token answers written with an Oddity.
+func (c *core) OddAnswers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.oddAnswers
+}
+
+// APICalls counts the requests APIPath handled (faulted ones excluded).
+func (c *core) APICalls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.apiCalls
+}
+
+// APIRejected counts the APIPath requests refused for their token.
+func (c *core) APIRejected() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.apiRejected
+}
+
+// odd applies the oddity to a successful token answer's fields and returns
+// what goes before the body. c.mu is held.
+func (c *core) odd(fields map[string]any) []byte {
+	o := c.oddity
+	if o.ExpiresIn == nil && !o.BOM {
+		return nil
+	}
+	c.oddAnswers++
+	if o.ExpiresIn != nil {
+		fields["expires_in"] = o.ExpiresIn
+	}
+	if o.BOM {
+		return []byte("\uFEFF")
+	}
+	return nil
+}
+
+// writeToken writes a successful token answer as JSON, after prefix.
+func writeToken(w http.ResponseWriter, prefix []byte, v any) {
+	body, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(prefix, body...))
+}
+
+// apiToken is the access token of a downstream API request: the Bearer
+// header, else the access_token query parameter.
+func apiToken(r *http.Request) string {
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(tok)
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+// apiAnswer is what APIPath answers for a live token: who called, how,
+// and the body it sent (bounded), so a test can see a replayed request.
+func apiAnswer(w http.ResponseWriter, r *http.Request, extra map[string]any) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	out := map[string]any{"ok": true, "method": r.Method, "body": string(body)}
+	for k, v := range extra {
+		out[k] = v
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// serveOAuthAPI answers APIPath as an RFC 6750 resource server: 401 with
+// WWW-Authenticate for a missing or dead token.
+func (c *core) serveOAuthAPI(w http.ResponseWriter, r *http.Request, live func(string) bool) {
+	tok := apiToken(r)
+	ok := tok != "" && live(tok)
+	c.mu.Lock()
+	c.apiCalls++
+	if !ok {
+		c.apiRejected++
+	}
+	c.mu.Unlock()
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="The access token is invalid or expired"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_token", "error_description": "The access token is invalid or expired"})
+		return
+	}
+	apiAnswer(w, r, nil)
 }
 
 // SetLatency adds d to every answer.

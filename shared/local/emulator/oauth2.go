@@ -3,6 +3,8 @@ package emulator
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -16,6 +18,10 @@ import (
 // detection (a reused rotated token revokes its whole family), and
 // client_credentials. GitHubStyle answers form-encoded unless the client
 // asks for JSON, and reports errors with HTTP 200, as GitHub does.
+//
+// Every authorization is a grant of one user (the authorize request's
+// user or login_hint parameter, which stands for who logged in; default
+// DefaultUser). RevokeWholeGrant says what a revocation ends.
 type OAuth2 struct {
 	core
 	ClientID, Secret string
@@ -33,30 +39,50 @@ type OAuth2 struct {
 	OmitRefresh bool
 	// NoRefresh issues no refresh tokens at all (GitHub OAuth Apps).
 	NoRefresh bool
+	// RevokeWholeGrant revokes as Google does: revoking any token of a
+	// user's grant ends every access and refresh token of that user for
+	// this client, the grants of earlier and later consents alike. Unset,
+	// revocation is per token (RFC 7009, GitLab): a refresh token ends with
+	// the refresh tokens rotated from it, an access token alone.
+	RevokeWholeGrant bool
 
 	codes    map[string]*o2Code
 	refresh  map[string]*o2Refresh
-	access   map[string]time.Time
+	access   map[string]*o2Access
 	reuses   int
 	refreshN int
+	// revokedTokens counts tokens a revocation ended; killed counts
+	// KillAccess calls that ended a token.
+	revokedTokens, killed int
 }
 
+// DefaultUser is the user an authorization belongs to when the authorize
+// request names none.
+const DefaultUser = "emulated-user"
+
 type o2Code struct {
-	redirect, challenge, scope string
-	expires                    time.Time
+	redirect, challenge, scope, user string
+	expires                          time.Time
 }
 
 type o2Refresh struct {
-	family  string
-	scope   string
-	rotated bool
+	// family is the authorization the token descends from.
+	family, user string
+	scope        string
+	rotated      bool
+}
+
+type o2Access struct {
+	family, user string
+	// expires is zero for a token that never expires.
+	expires time.Time
 }
 
 // NewOAuth2 returns a strict server for one client.
 func NewOAuth2(clientID, secret, redirectURI string) *OAuth2 {
 	return &OAuth2{core: newCore(), ClientID: clientID, Secret: secret, RedirectURI: redirectURI,
 		RequirePKCE: true, Rotate: true, ExpiresIn: time.Hour,
-		codes: map[string]*o2Code{}, refresh: map[string]*o2Refresh{}, access: map[string]time.Time{}}
+		codes: map[string]*o2Code{}, refresh: map[string]*o2Refresh{}, access: map[string]*o2Access{}}
 }
 
 func (e *OAuth2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -70,6 +96,8 @@ func (e *OAuth2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			e.revoke(w, r)
 		case "/userinfo":
 			e.userinfo(w, r)
+		case APIPath:
+			e.serveOAuthAPI(w, r, e.ValidAccess)
 		default:
 			http.NotFound(w, r)
 		}
@@ -95,8 +123,48 @@ func (e *OAuth2) ValidAccess(tok string) bool {
 	now := e.clock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	exp, ok := e.access[tok]
-	return ok && (exp.IsZero() || now.Before(exp))
+	a, ok := e.access[tok]
+	return ok && (a.expires.IsZero() || now.Before(a.expires))
+}
+
+// RefreshUsable reports whether a refresh token would be accepted now:
+// issued here, not revoked, not rotated away.
+func (e *OAuth2) RefreshUsable(tok string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rt, ok := e.refresh[tok]
+	return ok && !rt.rotated
+}
+
+// KillAccess ends one access token now, leaving its grant alone: the
+// refresh token keeps working, and APIPath answers 401 for the token. It
+// reports whether the token was live.
+func (e *OAuth2) KillAccess(tok string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a, ok := e.access[tok]
+	if !ok || (!a.expires.IsZero() && !now.Before(a.expires)) {
+		return false
+	}
+	delete(e.access, tok)
+	e.killed++
+	return true
+}
+
+// Killed counts the access tokens KillAccess ended.
+func (e *OAuth2) Killed() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.killed
+}
+
+// RevokedTokens counts the tokens (access and refresh) that revocations
+// ended, so a test sees how far one revocation reached.
+func (e *OAuth2) RevokedTokens() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.revokedTokens
 }
 
 func (e *OAuth2) authorize(w http.ResponseWriter, r *http.Request) {
@@ -135,9 +203,16 @@ func (e *OAuth2) authorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code := randomToken("O2C", 16)
+	user := q.Get("user")
+	if user == "" {
+		user = q.Get("login_hint")
+	}
+	if user == "" {
+		user = DefaultUser
+	}
 	now := e.clock()
 	e.mu.Lock()
-	e.codes[code] = &o2Code{redirect: q.Get("redirect_uri"), challenge: challenge, scope: q.Get("scope"), expires: now.Add(time.Minute)}
+	e.codes[code] = &o2Code{redirect: q.Get("redirect_uri"), challenge: challenge, scope: q.Get("scope"), user: user, expires: now.Add(time.Minute)}
 	e.mu.Unlock()
 	rq.Set("code", code)
 	redirect.RawQuery = rq.Encode()
@@ -145,24 +220,37 @@ func (e *OAuth2) authorize(w http.ResponseWriter, r *http.Request) {
 }
 
 // reply answers in JSON, or form-encoded for a GitHub-style server when
-// the client did not ask for JSON.
+// the client did not ask for JSON. A successful token answer gets the
+// Oddity, if one is set; e.mu is held for it.
 func (e *OAuth2) reply(w http.ResponseWriter, r *http.Request, status int, fields map[string]string) {
-	if e.GitHubStyle && !strings.Contains(r.Header.Get("Accept"), "application/json") {
-		v := url.Values{}
-		for k, s := range fields {
-			v.Set(k, s)
-		}
-		w.Header().Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
-		w.WriteHeader(status)
-		_, _ = w.Write([]byte(v.Encode()))
-		return
-	}
 	out := map[string]any{}
 	for k, s := range fields {
 		out[k] = s
 	}
 	if n, err := strconv.Atoi(fields["expires_in"]); err == nil && !e.ExpiresInString {
 		out["expires_in"] = n
+	}
+	var prefix []byte
+	if status == http.StatusOK && fields["access_token"] != "" {
+		prefix = e.odd(out)
+	}
+	if e.GitHubStyle && !strings.Contains(r.Header.Get("Accept"), "application/json") {
+		v := url.Values{}
+		for k, s := range out {
+			if b, err := json.Marshal(s); err == nil && k == "expires_in" {
+				v.Set(k, strings.Trim(string(b), `"`))
+			} else {
+				v.Set(k, fmt.Sprint(s))
+			}
+		}
+		w.Header().Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+		w.WriteHeader(status)
+		_, _ = w.Write(append(prefix, v.Encode()...))
+		return
+	}
+	if status == http.StatusOK && fields["access_token"] != "" {
+		writeToken(w, prefix, out)
+		return
 	}
 	writeJSON(w, status, out)
 }
@@ -193,18 +281,20 @@ func (e *OAuth2) clientAuth(r *http.Request) bool {
 	return e.AuthStyle != "basic" && r.PostForm.Get("client_id") == e.ClientID && r.PostForm.Get("client_secret") == e.Secret
 }
 
-func (e *OAuth2) issue(now time.Time, scope, family string) map[string]string {
+// issue mints an access token of a grant (family, user; both "" for
+// client_credentials) and, withRefresh, a refresh token of it.
+func (e *OAuth2) issue(now time.Time, scope, family, user string, withRefresh bool) map[string]string {
 	access := randomToken("O2A", 20)
 	out := map[string]string{"access_token": access, "token_type": "bearer", "scope": scope}
+	a := &o2Access{family: family, user: user}
 	if e.ExpiresIn > 0 {
-		e.access[access] = now.Add(e.ExpiresIn)
+		a.expires = now.Add(e.ExpiresIn)
 		out["expires_in"] = strconv.Itoa(int(e.ExpiresIn.Seconds()))
-	} else {
-		e.access[access] = time.Time{}
 	}
-	if family != "" && !e.NoRefresh {
+	e.access[access] = a
+	if withRefresh && family != "" && !e.NoRefresh {
 		rt := randomToken("O2R", 20)
-		e.refresh[rt] = &o2Refresh{family: family, scope: scope}
+		e.refresh[rt] = &o2Refresh{family: family, user: user, scope: scope}
 		out["refresh_token"] = rt
 	}
 	return out
@@ -246,7 +336,7 @@ func (e *OAuth2) token(w http.ResponseWriter, r *http.Request) {
 		case c.challenge == "" && f.Get("code_verifier") != "":
 			e.oauthError(w, r, http.StatusBadRequest, "invalid_grant", "code_verifier without a challenge")
 		default:
-			e.reply(w, r, http.StatusOK, e.issue(now, c.scope, randomToken("fam", 8)))
+			e.reply(w, r, http.StatusOK, e.issue(now, c.scope, randomToken("fam", 8), c.user, true))
 		}
 	case "refresh_token":
 		rt, ok := e.refresh[f.Get("refresh_token")]
@@ -263,11 +353,7 @@ func (e *OAuth2) token(w http.ResponseWriter, r *http.Request) {
 			e.oauthError(w, r, http.StatusBadRequest, "invalid_grant", "refresh token reuse detected; grant revoked")
 		default:
 			e.refreshN++
-			family := rt.family
-			if !e.Rotate {
-				family = ""
-			}
-			out := e.issue(now, rt.scope, family)
+			out := e.issue(now, rt.scope, rt.family, rt.user, e.Rotate)
 			if e.Rotate {
 				rt.rotated = true
 			}
@@ -277,7 +363,7 @@ func (e *OAuth2) token(w http.ResponseWriter, r *http.Request) {
 			e.reply(w, r, http.StatusOK, out)
 		}
 	case "client_credentials":
-		e.reply(w, r, http.StatusOK, e.issue(now, f.Get("scope"), ""))
+		e.reply(w, r, http.StatusOK, e.issue(now, f.Get("scope"), "", "", false))
 	default:
 		e.oauthError(w, r, http.StatusBadRequest, "unsupported_grant_type", "grant type not supported")
 	}
@@ -303,16 +389,47 @@ func (e *OAuth2) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := r.PostForm.Get("token")
 	e.mu.Lock()
+	e.revokeLocked(tok)
+	e.mu.Unlock()
+	// RFC 7009 §2.2: an unknown or already invalid token is answered 200 too.
+	w.WriteHeader(http.StatusOK)
+}
+
+// revokeLocked ends what revoking tok ends; e.mu is held.
+func (e *OAuth2) revokeLocked(tok string) {
+	user, family := "", ""
 	if rt, ok := e.refresh[tok]; ok {
+		user, family = rt.user, rt.family
+	} else if a, ok := e.access[tok]; ok {
+		user = a.user
+	}
+	switch {
+	case e.RevokeWholeGrant && user != "":
 		for k, v := range e.refresh {
-			if v.family == rt.family {
+			if v.user == user {
 				delete(e.refresh, k)
+				e.revokedTokens++
 			}
 		}
+		for k, v := range e.access {
+			if v.user == user {
+				delete(e.access, k)
+				e.revokedTokens++
+			}
+		}
+	case family != "":
+		for k, v := range e.refresh {
+			if v.family == family {
+				delete(e.refresh, k)
+				e.revokedTokens++
+			}
+		}
+	default:
+		if _, ok := e.access[tok]; ok {
+			delete(e.access, tok)
+			e.revokedTokens++
+		}
 	}
-	delete(e.access, tok)
-	e.mu.Unlock()
-	w.WriteHeader(http.StatusOK)
 }
 
 func (e *OAuth2) userinfo(w http.ResponseWriter, r *http.Request) {
@@ -322,5 +439,11 @@ func (e *OAuth2) userinfo(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_token"})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"sub": "emulated-user"})
+	sub := DefaultUser
+	e.mu.Lock()
+	if a := e.access[strings.TrimPrefix(auth, "Bearer ")]; a != nil && a.user != "" {
+		sub = a.user
+	}
+	e.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"sub": sub})
 }

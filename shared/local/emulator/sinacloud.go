@@ -24,7 +24,9 @@ type SinaCloud struct {
 	AccessTTL   time.Duration
 	// NoRefreshPermission makes the client one without the separately
 	// granted refresh permission: codes still exchange (and still return a
-	// refresh token), refreshes answer unauthorized_client.
+	// refresh token), refreshes answer unauthorized_client and spend
+	// nothing. Set it before serving; SetRefreshPermission switches it
+	// while serving.
 	NoRefreshPermission bool
 
 	codes   map[string]time.Time
@@ -32,6 +34,48 @@ type SinaCloud struct {
 	access  map[string]time.Time
 	reuses  int
 	grants  int
+	// refused counts refreshes answered unauthorized_client; killed
+	// counts KillAccess calls that ended a token.
+	refused, killed int
+}
+
+// SetRefreshPermission grants (true) or withdraws (false) the client's
+// refresh permission, as SinaCloud's operators do on request. A refresh
+// token refused while the permission was off was not spent: it works once
+// the permission is back.
+func (e *SinaCloud) SetRefreshPermission(granted bool) {
+	e.mu.Lock()
+	e.NoRefreshPermission = !granted
+	e.mu.Unlock()
+}
+
+// RefreshRefusals counts refreshes answered unauthorized_client.
+func (e *SinaCloud) RefreshRefusals() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refused
+}
+
+// KillAccess ends one access token now, leaving its refresh token usable;
+// APIPath then answers 401 for it. It reports whether the token was live.
+func (e *SinaCloud) KillAccess(tok string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	exp, ok := e.access[tok]
+	if !ok || !now.Before(exp) {
+		return false
+	}
+	delete(e.access, tok)
+	e.killed++
+	return true
+}
+
+// Killed counts the access tokens KillAccess ended.
+func (e *SinaCloud) Killed() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.killed
 }
 
 type sinaRefresh struct {
@@ -54,6 +98,8 @@ func (e *SinaCloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			e.token(w, r)
 		case "/account/appinfo":
 			e.api(w, r)
+		case APIPath:
+			e.serveOAuthAPI(w, r, e.ValidAccess)
 		default:
 			http.NotFound(w, r)
 		}
@@ -154,11 +200,13 @@ func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
 			sinaError(w, http.StatusBadRequest, "invalid_grant", "Authorization code doesn't exist or is invalid for the client")
 			return
 		}
-		writeJSON(w, http.StatusOK, e.grant(now))
+		g := e.grant(now)
+		writeToken(w, e.odd(g), g)
 	case "refresh_token":
 		rt, ok := e.refresh[f.Get("refresh_token")]
 		switch {
 		case e.NoRefreshPermission:
+			e.refused++
 			sinaError(w, http.StatusBadRequest, "unauthorized_client", "The client is not authorized to use the refresh_token grant")
 		case !ok:
 			sinaError(w, http.StatusBadRequest, "invalid_grant", "Invalid refresh token")
@@ -170,7 +218,8 @@ func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
 		default:
 			rt.used = true
 			e.grants++
-			writeJSON(w, http.StatusOK, e.grant(now))
+			g := e.grant(now)
+			writeToken(w, e.odd(g), g)
 		}
 	default:
 		sinaError(w, http.StatusBadRequest, "unsupported_grant_type", "grant type not supported")

@@ -11,7 +11,9 @@ import (
 
 // WeChat emulates the official account's global token (cgi-bin/token,
 // cgi-bin/stable_token) and web authorization (connect/oauth2/authorize,
-// sns/oauth2/access_token, sns/oauth2/refresh_token) for one app.
+// sns/oauth2/access_token, sns/oauth2/refresh_token) for one app. As at
+// WeChat, the tokens of cgi-bin/token and of stable_token are separate:
+// a call to one never ends a token of the other.
 type WeChat struct {
 	core
 	AppID, Secret string
@@ -19,19 +21,33 @@ type WeChat struct {
 	DailyQuota int
 	// TokenLength is the length of issued global tokens (WeChat's reach 512).
 	TokenLength int
+	// StableForceLimit caps stable_token calls with force_refresh that
+	// issue a token, per China Standard Time day (20 at WeChat).
+	StableForceLimit int
 
 	globalIssued int
 	// valid global tokens and when each stops working
-	global      map[string]time.Time
-	current     string
-	forcedToday int
-	lastForced  time.Time
-	codes       map[string]*wechatCode
-	refresh     map[string]*wechatGrant
-	userTokens  map[string]time.Time
-	users       int
-	quotaDay    string
-	quotaUsed   int
+	global map[string]time.Time
+	// replaced: global tokens whose life a newer token cut short (the API
+	// then says 40001 "not latest" rather than 42001 "expired"); killed:
+	// ended by KillAccess.
+	replaced, killed map[string]bool
+	// current is cgi-bin/token's latest token. stableCurrent is
+	// stable_token's, and stablePrevious the one it replaced: WeChat keeps
+	// the two APIs' tokens apart ("完全隔离，互不影响"), so neither API's
+	// calls end the other's tokens.
+	current, stableCurrent, stablePrevious string
+	forceDay                               string
+	forcedToday                            int
+	lastForced                             time.Time
+	stable                                 StableTokenStats
+	killCount                              int
+	codes                                  map[string]*wechatCode
+	refresh                                map[string]*wechatGrant
+	userTokens                             map[string]time.Time
+	users                                  int
+	quotaDay                               string
+	quotaUsed                              int
 }
 
 type wechatCode struct {
@@ -45,6 +61,20 @@ type wechatGrant struct {
 	expires       time.Time
 }
 
+// StableTokenStats counts cgi-bin/stable_token calls that passed the
+// credential check, by mode and outcome.
+type StableTokenStats struct {
+	// Normal counts calls without force_refresh; NormalIssued those of
+	// them that got a new token (the current one had five minutes or less
+	// left, or there was none). The others got the current token back.
+	Normal, NormalIssued int
+	// Forced counts calls with force_refresh. ForcedIssued got a new
+	// token; ForcedIgnored came within 30 s of the last forced issue and
+	// got the current token back; ForcedRefused came after the day's
+	// StableForceLimit was spent and got errcode 45009.
+	Forced, ForcedIssued, ForcedIgnored, ForcedRefused int
+}
+
 // Documented lifetimes.
 const (
 	WeChatTokenTTL    = 7200 * time.Second
@@ -56,8 +86,8 @@ const (
 
 // NewWeChat returns an emulator for one app.
 func NewWeChat(appID, secret string) *WeChat {
-	return &WeChat{core: newCore(), AppID: appID, Secret: secret, DailyQuota: 2000, TokenLength: 512,
-		global: map[string]time.Time{}, codes: map[string]*wechatCode{}, refresh: map[string]*wechatGrant{}, userTokens: map[string]time.Time{}}
+	return &WeChat{core: newCore(), AppID: appID, Secret: secret, DailyQuota: 2000, TokenLength: 512, StableForceLimit: 20,
+		global: map[string]time.Time{}, replaced: map[string]bool{}, killed: map[string]bool{}, codes: map[string]*wechatCode{}, refresh: map[string]*wechatGrant{}, userTokens: map[string]time.Time{}}
 }
 
 func (e *WeChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -77,6 +107,8 @@ func (e *WeChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			e.refreshToken(w, r)
 		case "/sns/auth":
 			e.checkUser(w, r)
+		case APIPath:
+			e.api(w, r)
 		default:
 			errcode(w, 40066, "invalid url")
 		}
@@ -100,7 +132,85 @@ func (e *WeChat) ValidGlobal(token string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	exp, ok := e.global[token]
-	return ok && now.Before(exp)
+	return ok && now.Before(exp) && !e.killed[token]
+}
+
+// StableStats returns the stable_token counters.
+func (e *WeChat) StableStats() StableTokenStats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stable
+}
+
+// CurrentGlobal is the global token stable_token's normal mode hands out
+// now ("" before the first).
+func (e *WeChat) CurrentGlobal() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stableCurrent
+}
+
+// KillAccess ends one access token now, a global or a web-authorization
+// one, without ending anything else: a user's refresh token keeps working,
+// and a killed global token stays the current one, so stable_token's
+// normal mode still hands it back (WeChat does, which is why a client
+// that saw it rejected must ask with force_refresh). APIPath answers
+// errcode 40001 for it. It reports whether the token was live.
+func (e *WeChat) KillAccess(token string) bool {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if exp, ok := e.global[token]; ok && now.Before(exp) && !e.killed[token] {
+		e.killed[token] = true
+		e.killCount++
+		return true
+	}
+	if exp, ok := e.userTokens[token]; ok && now.Before(exp) {
+		delete(e.userTokens, token)
+		e.killCount++
+		return true
+	}
+	return false
+}
+
+// Killed counts the access tokens KillAccess ended.
+func (e *WeChat) Killed() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.killCount
+}
+
+// api stands for any WeChat API that takes ?access_token=: it answers HTTP
+// 200 in every case, with errcode 40001 for an unknown, replaced or killed
+// token and 42001 for one that simply expired.
+func (e *WeChat) api(w http.ResponseWriter, r *http.Request) {
+	tok := apiToken(r)
+	now := e.clock()
+	e.mu.Lock()
+	code, msg := 40001, "invalid credential, access_token is invalid or not latest"
+	if exp, ok := e.global[tok]; ok && !e.killed[tok] {
+		switch {
+		case now.Before(exp):
+			code = 0
+		case !e.replaced[tok]:
+			code, msg = 42001, "access_token expired"
+		}
+	} else if exp, ok := e.userTokens[tok]; ok {
+		code = 0
+		if !now.Before(exp) {
+			code, msg = 42001, "access_token expired"
+		}
+	}
+	e.apiCalls++
+	if code != 0 {
+		e.apiRejected++
+	}
+	e.mu.Unlock()
+	if code != 0 {
+		errcode(w, code, msg+" rid: emulator")
+		return
+	}
+	apiAnswer(w, r, map[string]any{"errcode": 0, "errmsg": "ok"})
 }
 
 // ValidUserToken reports whether a web-authorization access token works now.
@@ -112,18 +222,46 @@ func (e *WeChat) ValidUserToken(token string) bool {
 	return ok && now.Before(exp)
 }
 
-// issueGlobal makes a new global token; the previous one keeps working for
-// five more minutes (or until its own expiry, whichever is first).
+// issueGlobal makes a new cgi-bin/token token; the previous one keeps
+// working for five more minutes (or until its own expiry, whichever is
+// first).
 func (e *WeChat) issueGlobal(now time.Time) string {
-	if e.current != "" {
-		if exp := e.global[e.current]; now.Add(WeChatOverlap).Before(exp) {
-			e.global[e.current] = now.Add(WeChatOverlap)
+	e.retire(now, e.current)
+	e.current = e.mint(now)
+	return e.current
+}
+
+// issueStable makes a new stable_token token. Only one earlier token
+// keeps working beside it (five more minutes at most): the one before
+// that ends now, which is how two forced calls 30 s apart end a leaked
+// token at once, as WeChat's guide says.
+func (e *WeChat) issueStable(now time.Time) {
+	if e.stablePrevious != "" {
+		if exp := e.global[e.stablePrevious]; now.Before(exp) {
+			e.global[e.stablePrevious] = now
+			e.replaced[e.stablePrevious] = true
 		}
 	}
+	e.retire(now, e.stableCurrent)
+	e.stablePrevious = e.stableCurrent
+	e.stableCurrent = e.mint(now)
+}
+
+// retire cuts the life of a replaced token to five minutes from now.
+func (e *WeChat) retire(now time.Time, old string) {
+	if old == "" {
+		return
+	}
+	if exp := e.global[old]; now.Add(WeChatOverlap).Before(exp) {
+		e.global[old] = now.Add(WeChatOverlap)
+		e.replaced[old] = true
+	}
+}
+
+func (e *WeChat) mint(now time.Time) string {
 	n := e.TokenLength
 	tok := randomToken("WXG", n)[:n]
 	e.global[tok] = now.Add(WeChatTokenTTL)
-	e.current = tok
 	e.globalIssued++
 	return tok
 }
@@ -168,16 +306,21 @@ func (e *WeChat) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.quotaUsed++
-	tok := e.issueGlobal(now)
+	out := map[string]any{"access_token": e.issueGlobal(now), "expires_in": int(WeChatTokenTTL.Seconds())}
+	prefix := e.odd(out)
 	e.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok, "expires_in": int(WeChatTokenTTL.Seconds())})
+	writeToken(w, prefix, out)
 }
 
-// stableToken returns the current token unchanged while more than five
-// minutes of it remain; in its last five minutes a call gets a new token
-// (the old one keeps working until its own expiry), so every answer is
-// valid for at least 300 s. force_refresh (20 a day, 30 s apart) replaces
-// it at once.
+// stableToken returns the current token unchanged, with its remaining
+// expires_in, while more than five minutes of it remain; in its last five
+// minutes a call gets a new token (the old one keeps working until its own
+// expiry), so every answer is valid for at least 300 s. force_refresh
+// replaces it at once (the old one works five more minutes, or until the
+// next replacement), at most
+// StableForceLimit times a China Standard Time day (then errcode 45009);
+// one within 30 s of the last forced replacement is ignored and gets the
+// current token back.
 func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		errcode(w, 43002, "require POST method")
@@ -204,23 +347,43 @@ func (e *WeChat) stableToken(w http.ResponseWriter, r *http.Request) {
 	now := e.clock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	exp, valid := e.global[e.current]
+	exp, valid := e.global[e.stableCurrent]
 	valid = valid && now.Add(WeChatOverlap).Before(exp)
 	if body.ForceRefresh {
-		if e.forcedToday >= 20 || now.Sub(e.lastForced) < weChatForceMinGap {
+		e.stable.Forced++
+		if day := now.In(chinaStandardTime).Format("2006-01-02"); day != e.forceDay {
+			e.forceDay, e.forcedToday = day, 0
+		}
+		switch {
+		case e.forcedToday >= e.StableForceLimit:
+			e.stable.ForcedRefused++
 			errcode(w, 45009, "reach max api daily quota limit")
 			return
+		case !e.lastForced.IsZero() && now.Sub(e.lastForced) < weChatForceMinGap && e.stableCurrent != "":
+			e.stable.ForcedIgnored++
+			valid = true
+		default:
+			e.stable.ForcedIssued++
+			e.forcedToday++
+			e.lastForced = now
+			valid = false
 		}
-		e.forcedToday++
-		e.lastForced = now
-		valid = false
+	} else {
+		e.stable.Normal++
+		if !valid {
+			e.stable.NormalIssued++
+		}
 	}
 	if !valid {
-		e.issueGlobal(now)
-		exp = e.global[e.current]
+		e.issueStable(now)
+		exp = e.global[e.stableCurrent]
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"access_token": e.current, "expires_in": int(exp.Sub(now).Seconds())})
+	out := map[string]any{"access_token": e.stableCurrent, "expires_in": int(exp.Sub(now).Seconds())}
+	writeToken(w, e.odd(out), out)
 }
+
+// chinaStandardTime is UTC+8, whose midnight starts WeChat's day.
+var chinaStandardTime = time.FixedZone("CST", 8*3600)
 
 func (e *WeChat) checkGlobal(w http.ResponseWriter, r *http.Request) {
 	if !e.ValidGlobal(r.URL.Query().Get("access_token")) {
@@ -316,7 +479,8 @@ func (e *WeChat) exchange(w http.ResponseWriter, r *http.Request) {
 		errcode(w, 42003, "code expired")
 	default:
 		c.used = true
-		writeJSON(w, http.StatusOK, e.userGrant(now, c.openid, c.scope, ""))
+		g := e.userGrant(now, c.openid, c.scope, "")
+		writeToken(w, e.odd(g), g)
 	}
 }
 
@@ -343,7 +507,8 @@ func (e *WeChat) refreshToken(w http.ResponseWriter, r *http.Request) {
 	case !now.Before(g.expires):
 		errcode(w, 42002, "refresh_token timeout")
 	default:
-		writeJSON(w, http.StatusOK, e.userGrant(now, g.openid, g.scope, rt))
+		out := e.userGrant(now, g.openid, g.scope, rt)
+		writeToken(w, e.odd(out), out)
 	}
 }
 
