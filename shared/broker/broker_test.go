@@ -378,14 +378,10 @@ func TestConfigErrorKeepsConnectionAndRetries(t *testing.T) {
 func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	name := localaws.UniqueName("wxq")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": devstack.WeChatAppID,
-		"api_base": stack.EmulatorURLs["wechat"], "token_api": "token", "daily_quota_budget": 3}, devstack.WeChatSecret); err != nil {
-		t.Fatal(err)
-	}
-	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	name, wx := wechatTokenProvider(t, f, 3)
+	f.freshConfig()
 	k := store.Key{Provider: name, Connection: broker.MachineConnection}
-	before := stack.WeChat.Calls("/cgi-bin/token")
+	before := wx.Calls("/cgi-bin/token")
 	for i := 0; i < 3; i++ {
 		if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: i > 0, MinTTL: time.Minute}); err != nil {
 			t.Fatalf("call %d within budget: %v", i+1, err)
@@ -396,7 +392,7 @@ func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || !strings.Contains(broker.ErrorMessage(err), "daily budget of 3") {
 		t.Fatalf("4th call: %v", err)
 	}
-	if got := stack.WeChat.Calls("/cgi-bin/token") - before; got != 3 {
+	if got := wx.Calls("/cgi-bin/token") - before; got != 3 {
 		t.Fatalf("cgi-bin/token called %d times, want 3", got)
 	}
 	if f.count(t, telemetry.QuotaRefused, map[string]string{"Provider": name}) != 1 {
@@ -410,7 +406,7 @@ func TestQuotaGuardRefusesBeforeTheQuotaIsGone(t *testing.T) {
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatalf("next day: %v", err)
 	}
-	if got := stack.WeChat.Calls("/cgi-bin/token") - before; got != 4 {
+	if got := wx.Calls("/cgi-bin/token") - before; got != 4 {
 		t.Fatalf("cgi-bin/token called %d times in all, want 4", got)
 	}
 }
@@ -537,12 +533,8 @@ func TestEMFLinesAreWellFormed(t *testing.T) {
 func TestWeChatTokenModeReportsWhenTheOldTokenDies(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	name := localaws.UniqueName("wxt")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": devstack.WeChatAppID,
-		"api_base": stack.EmulatorURLs["wechat"], "token_api": "token"}, devstack.WeChatSecret); err != nil {
-		t.Fatal(err)
-	}
-	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	name, wx := wechatTokenProvider(t, f, 0)
+	f.freshConfig()
 	k := store.Key{Provider: name, Connection: broker.MachineConnection}
 	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: time.Minute})
 	if err != nil {
@@ -556,7 +548,7 @@ func TestWeChatTokenModeReportsWhenTheOldTokenDies(t *testing.T) {
 	// Each fetch kills the token others hold, so a caller wanting more than
 	// what is left of that effective life still gets the current token,
 	// with its true expiry, and WeChat is not called.
-	calls := stack.WeChat.Calls("/cgi-bin/token")
+	calls := wx.Calls("/cgi-bin/token")
 	f.clock.Add(c.RefreshAt.Sub(f.clock.Now()) + time.Minute)
 	same, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 2 * time.Hour})
 	if err != nil || same.AccessToken != tok.AccessToken || same.ExpiresAt.Unix() != tok.ExpiresAt.Unix() {
@@ -568,7 +560,7 @@ func TestWeChatTokenModeReportsWhenTheOldTokenDies(t *testing.T) {
 	if err != nil || next.AccessToken == tok.AccessToken {
 		t.Fatalf("in its last minute: %v, same token %v", err, next != nil && next.AccessToken == tok.AccessToken)
 	}
-	if got := stack.WeChat.Calls("/cgi-bin/token") - calls; got != 1 {
+	if got := wx.Calls("/cgi-bin/token") - calls; got != 1 {
 		t.Fatalf("cgi-bin/token called %d times, want exactly 1", got)
 	}
 }

@@ -148,17 +148,22 @@ func TestForcedRefreshesReplaceTheRejectedToken(t *testing.T) {
 }
 
 // wechatTokenProvider registers a WeChat provider on cgi-bin/token.
-func wechatTokenProvider(t *testing.T, f *fixture, appID string, budget int) string {
+func wechatTokenProvider(t *testing.T, f *fixture, budget int) (string, *emulator.WeChat) {
 	t.Helper()
+	// An AppID of its own: two token-mode names on one AppID are refused
+	// (each fetch would kill the other's token).
+	appID := "wx" + strings.ReplaceAll(localaws.UniqueName("t"), "-", "")
+	wx := emulator.NewWeChat(appID, devstack.WeChatSecret)
+	wx.SetClock(f.clock.Now)
 	name := localaws.UniqueName("wxtok")
-	cfg := map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": stack.EmulatorURLs["wechat"], "token_api": "token"}
+	cfg := map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": startServer(t, wx), "token_api": "token"}
 	if budget > 0 {
 		cfg["daily_quota_budget"] = budget
 	}
 	if err := stack.PutProvider(context.Background(), name, cfg, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}
-	return name
+	return name, wx
 }
 
 // Defect 6, WeChat: with cgi-bin/token each fetch kills the token others
@@ -167,10 +172,10 @@ func wechatTokenProvider(t *testing.T, f *fixture, appID string, budget int) str
 func TestWeChatTokenModeFetchesOnlyWhenUnusable(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	name := wechatTokenProvider(t, f, devstack.WeChatAppID, 0)
+	name, wx := wechatTokenProvider(t, f, 0)
 	f.freshConfig()
 	k := store.Key{Provider: name, Connection: broker.MachineConnection}
-	calls := stack.WeChat.Calls("/cgi-bin/token")
+	calls := wx.Calls("/cgi-bin/token")
 	var first *broker.Token
 	for i := 0; i < 25; i++ {
 		tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k, MinTTL: 2 * time.Hour})
@@ -180,7 +185,7 @@ func TestWeChatTokenModeFetchesOnlyWhenUnusable(t *testing.T) {
 		if first == nil {
 			first = tok
 		}
-		if tok.AccessToken != first.AccessToken || !stack.WeChat.ValidGlobal(tok.AccessToken) {
+		if tok.AccessToken != first.AccessToken || !wx.ValidGlobal(tok.AccessToken) {
 			t.Fatalf("request %d got another or a dead token", i+1)
 		}
 		// What the broker reports never outlives the token.
@@ -189,55 +194,45 @@ func TestWeChatTokenModeFetchesOnlyWhenUnusable(t *testing.T) {
 		}
 		f.clock.Add(time.Minute)
 	}
-	if got := stack.WeChat.Calls("/cgi-bin/token") - calls; got != 1 {
+	if got := wx.Calls("/cgi-bin/token") - calls; got != 1 {
 		t.Fatalf("%d cgi-bin/token calls for 25 requests, want 1", got)
 	}
 }
 
-// WeChat's quota is per AppID and per WeChat day (midnight UTC+8): two
-// provider names with one AppID share it, and it resets at 16:00 UTC.
+// WeChat's quota is per AppID and per WeChat day (midnight UTC+8): it
+// resets at 16:00 UTC.
 func TestWeChatQuotaPerAppIDAndChinaDay(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	appID := "wxq" + fmt.Sprint(time.Now().UnixNano()%1e9)
-	wx := emulator.NewWeChat(appID, devstack.WeChatSecret)
-	srv := startServer(t, wx)
-	var names []string
-	for i := 0; i < 2; i++ {
-		name := localaws.UniqueName("wxq")
-		if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
-			"token_api": "token", "daily_quota_budget": 3}, devstack.WeChatSecret); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, name)
-	}
+	name, wx := wechatTokenProvider(t, f, 3)
 	f.freshConfig()
 	// 15:00 UTC is 23:00 in China: one hour before WeChat's day ends.
 	now := f.clock.Now()
 	f.clock.Add(time.Date(now.Year(), now.Month(), now.Day()+1, 15, 0, 0, 0, time.UTC).Sub(now))
-	force := func(name string) error {
+	k := store.Key{Provider: name, Connection: broker.MachineConnection}
+	force := func() error {
 		f.clock.Add(broker.MaxShortBackoff)
-		_, err := f.b.Token(ctx, broker.TokenRequest{Key: store.Key{Provider: name, Connection: broker.MachineConnection}, Force: true})
+		_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
 		return err
 	}
-	for i, name := range []string{names[0], names[0], names[1]} {
-		if err := force(name); err != nil {
-			t.Fatalf("call %d within the shared budget: %v", i+1, err)
+	for i := range 3 {
+		if err := force(); err != nil {
+			t.Fatalf("call %d within the budget: %v", i+1, err)
 		}
 	}
-	if err := force(names[1]); broker.ErrorCode(err) != broker.CodeProviderUnavailable {
-		t.Fatalf("4th call on the same AppID under another name: %v", err)
+	if err := force(); broker.ErrorCode(err) != broker.CodeProviderUnavailable {
+		t.Fatalf("4th call: %v", err)
 	}
 	if wx.Calls("/cgi-bin/token") != 3 {
 		t.Fatalf("%d calls reached WeChat, want 3", wx.Calls("/cgi-bin/token"))
 	}
 	// 16:05 UTC: a new day in China, though not in UTC.
 	f.clock.Add(time.Hour + 5*time.Minute)
-	if err := force(names[0]); err != nil {
+	if err := force(); err != nil {
 		t.Fatalf("after midnight in China: %v", err)
 	}
-	if got := f.count(t, telemetry.QuotaUsed, map[string]string{"AppID": appID}); got != 1+2+3+1 {
-		t.Fatalf("QuotaUsed sums to %v, want the running counts 1+2+3+1", got)
+	if wx.Calls("/cgi-bin/token") != 4 {
+		t.Fatalf("%d calls reached WeChat, want 4", wx.Calls("/cgi-bin/token"))
 	}
 }
 
