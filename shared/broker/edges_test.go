@@ -386,3 +386,27 @@ func TestRemovedKeyIsReloadedForOnce(t *testing.T) {
 		t.Fatalf("%d reloads for ten reads of a value sealed under a removed key, want 1", counting.reloads)
 	}
 }
+
+// An answer with a rotated refresh token and no access token (the lenient
+// parser keeps it) is stored, and the caller gets provider_error, never a
+// 200 with an empty token.
+func TestRefreshTokenWithoutAccessTokenIsKeptNotServed(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	name, o2, _ := revokingProvider(t, f, true, nil)
+	k := store.Key{Provider: name, Connection: "no-access"}
+	f.authorize(t, k)
+	o2.Inject("/token", emulator.Fault{Status: http.StatusOK, ContentType: "application/json",
+		Body: `{"refresh_token":"rotated-refresh-token-0123456789","token_type":"Bearer","expires_in":3600}`}, 1)
+	_, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
+	if broker.ErrorCode(err) != broker.CodeProviderError {
+		t.Fatalf("an answer with no access token: %v, want provider_error", err)
+	}
+	c, _ := f.store.Get(ctx, k, true)
+	if c.RefreshToken != "rotated-refresh-token-0123456789" || c.AccessToken != "" || c.LastError == "" || c.RetryAt.IsZero() {
+		t.Fatalf("stored: refresh %q, access %q, last_error %q, retry_at %v", c.RefreshToken, c.AccessToken, c.LastError, c.RetryAt)
+	}
+	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); broker.ErrorCode(err) != broker.CodeProviderUnavailable || broker.RetryAfter(err) <= 0 {
+		t.Fatalf("right after: %v, want 503 with Retry-After", err)
+	}
+}

@@ -153,6 +153,11 @@ const (
 func fitForStorage(c *store.Connection) string {
 	c.Scope = clipUTF8(c.Scope, maxScope)
 	c.TokenType = clipUTF8(c.TokenType, maxTokenType)
+	if c.AccessToken == "" {
+		// A rotated refresh token alone: kept, but nothing to serve.
+		c.ExpiresAt = time.Time{}
+		return "the provider's answer carried a refresh token but no access token"
+	}
 	if len(c.AccessToken) > sealing.MaxPlaintext {
 		n := len(c.AccessToken)
 		c.AccessToken, c.ExpiresAt = "", time.Time{}
