@@ -218,6 +218,12 @@ func TestSlowCommitKeepsOthersOut(t *testing.T) {
 	f.clock.Add(broker.MaxShortBackoff)
 	f.clock.Live()
 	other := f.sibling(t)
+	// Both name the token they saw rejected: the second is satisfied by
+	// the first's refresh whenever it reads, before or after the commit.
+	rejected, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
 	refreshes, reuses := stack.Sina.RefreshCalls(), stack.Sina.RefreshReuses()
 	// The commit applies at once; its answer comes back after longer than
 	// any lease: only a holder that bounds each attempt and recognises its
@@ -231,7 +237,7 @@ func TestSlowCommitKeepsOthersOut(t *testing.T) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		mine, errMine = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true})
+		mine, errMine = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: rejected.AccessToken})
 		held.Store(true)
 	}()
 	go func() {
@@ -239,7 +245,7 @@ func TestSlowCommitKeepsOthersOut(t *testing.T) {
 		for stack.Sina.RefreshCalls() == refreshes && !held.Load() {
 			time.Sleep(5 * time.Millisecond)
 		}
-		theirs, errTheirs = other.Token(ctx, broker.TokenRequest{Key: k, Force: true})
+		theirs, errTheirs = other.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: rejected.AccessToken})
 	}()
 	wg.Wait()
 	if errMine != nil || errTheirs != nil {
