@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"testing"
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
@@ -218,4 +219,73 @@ func TestOIDCProviderDeleteRevokes(t *testing.T) {
 	if _, err := f.b.Status(ctx, k); broker.ErrorCode(err) != broker.CodeNotFound {
 		t.Fatalf("status after delete: %v", err)
 	}
+}
+
+// client_credentials against the same server: the app token is fetched
+// once, served from the store after that, and a forced refresh naming it
+// fetches exactly one more.
+func TestOIDCProviderClientCredentials(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	name, srv := oidcProvider(t, f, "oidccc", "basic")
+	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
+		"token_url": srv.TokenURL(), "auth_style": "basic", "scopes": []string{"api"}}, devstack.OAuth2Secret); err != nil {
+		t.Fatal(err)
+	}
+	f.freshConfig()
+	k := store.Key{Provider: name, Connection: broker.MachineConnection}
+	first, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil || again.AccessToken != first.AccessToken {
+		t.Fatalf("second token request: %v (same token: %v)", err, err == nil && again.AccessToken == first.AccessToken)
+	}
+	checkCounters(t, srv, "fetch", map[string]int{"POST /token client_credentials 200": 1, "grant.success.client_credentials": 1})
+	forced, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: first.AccessToken})
+	if err != nil || forced.AccessToken == first.AccessToken {
+		t.Fatalf("forced: %v", err)
+	}
+	checkCounters(t, srv, "forced", map[string]int{"POST /token client_credentials 200": 2, "grant.success.client_credentials": 2})
+}
+
+// A wrong client secret: the server answers 401 invalid_client with
+// WWW-Authenticate. That is the app's configuration, not the user's
+// grant: the connection stays active with its token, and the next good
+// refresh works.
+func TestOIDCProviderWrongSecretIsNotTheUsersFault(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	name, srv := oidcProvider(t, f, "oidcsec", "basic")
+	k := store.Key{Provider: name, Connection: "alice"}
+	f.connectOIDC(t, srv, k)
+	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID, "authorize_url": srv.AuthorizeURL(), "token_url": srv.TokenURL(),
+		"revoke_url": srv.RevokeURL(), "auth_style": "basic", "scopes": []string{"openid", "offline_access"}, "authorize_params": map[string]string{"prompt": "consent"}}
+	if err := stack.PutProvider(ctx, name, doc, "not-the-secret"); err != nil {
+		t.Fatal(err)
+	}
+	f.freshConfig()
+	_, err = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: tok.AccessToken})
+	if code := broker.ErrorCode(err); code != broker.CodeProviderError {
+		t.Fatalf("forced refresh with a wrong client secret: %v, want provider_error", err)
+	}
+	if st, err := f.b.Status(ctx, k); err != nil || st.Status != store.StatusActive {
+		t.Fatalf("status after a wrong secret: %+v, %v", st, err)
+	}
+	checkCounters(t, srv, "wrong secret", map[string]int{"POST /token refresh_token 401": 1, "grant.error.refresh_token.invalid_client": 1, "grant.revoked": 0})
+	if err := stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
+		t.Fatal(err)
+	}
+	f.freshConfig()
+	f.clock.Add(5 * time.Minute) // past the failed refresh's backoff
+	next, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: tok.AccessToken})
+	if err != nil || next.AccessToken == tok.AccessToken {
+		t.Fatalf("forced refresh with the secret fixed: %v", err)
+	}
+	checkCounters(t, srv, "secret fixed", map[string]int{"POST /token refresh_token 200": 1, "grant.error.refresh_token.invalid_client": 1})
 }
