@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
 	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
