@@ -24,14 +24,23 @@ import (
 
 // oidcProvider starts an oidc-provider for one test and registers it as
 // a provider of kind oauth2 under a unique name; authStyle is "basic" or
-// "post".
-func oidcProvider(t *testing.T, f *fixture, prefix, authStyle string) (string, *oidc.Server) {
+// "post". tune, when not nil, changes the server's options and the
+// provider document before either is used.
+func oidcProvider(t *testing.T, f *fixture, prefix, authStyle string, tune func(*oidc.Options, map[string]any)) (string, *oidc.Server) {
 	t.Helper()
 	ctx := context.Background()
 	name := localaws.UniqueName(prefix)
 	method := map[string]string{"basic": "client_secret_basic", "post": "client_secret_post"}[authStyle]
-	srv, err := oidc.Start(ctx, oidc.Options{ClientID: devstack.OAuth2ClientID, Secret: devstack.OAuth2Secret,
-		RedirectURI: "https://broker.test/callback/" + name, AuthMethod: method})
+	opts := oidc.Options{ClientID: devstack.OAuth2ClientID, Secret: devstack.OAuth2Secret,
+		RedirectURI: "https://broker.test/callback/" + name, AuthMethod: method}
+	// What a real OpenID provider needs for a refresh token: offline_access,
+	// which OpenID Connect only honours with prompt=consent.
+	doc := map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID, "auth_style": authStyle,
+		"scopes": []string{"openid", "offline_access"}, "authorize_params": map[string]string{"prompt": "consent"}}
+	if tune != nil {
+		tune(&opts, doc)
+	}
+	srv, err := oidc.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,11 +50,8 @@ func oidcProvider(t *testing.T, f *fixture, prefix, authStyle string) (string, *
 			t.Logf("oidc-provider stderr:\n%s", srv.Stderr())
 		}
 	})
-	// What a real OpenID provider needs for a refresh token: offline_access,
-	// which OpenID Connect only honours with prompt=consent.
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
-		"authorize_url": srv.AuthorizeURL(), "token_url": srv.TokenURL(), "revoke_url": srv.RevokeURL(), "auth_style": authStyle,
-		"scopes": []string{"openid", "offline_access"}, "authorize_params": map[string]string{"prompt": "consent"}}, devstack.OAuth2Secret); err != nil {
+	doc["authorize_url"], doc["token_url"], doc["revoke_url"] = srv.AuthorizeURL(), srv.TokenURL(), srv.RevokeURL()
+	if err := stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()
@@ -118,7 +124,7 @@ func userinfo(t *testing.T, srv *oidc.Server, access string) int {
 func TestOIDCProviderRefreshes(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	name, srv := oidcProvider(t, f, "oidc", "basic")
+	name, srv := oidcProvider(t, f, "oidc", "basic", nil)
 	k := store.Key{Provider: name, Connection: "alice"}
 	f.connectOIDC(t, srv, k)
 	checkCounters(t, srv, "connect", map[string]int{"interaction.login": 1, "interaction.consent": 1,
@@ -199,7 +205,7 @@ func TestOIDCProviderRefreshes(t *testing.T) {
 func TestOIDCProviderDeleteRevokes(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	name, srv := oidcProvider(t, f, "oidcdel", "post")
+	name, srv := oidcProvider(t, f, "oidcdel", "post", nil)
 	k := store.Key{Provider: name, Connection: "alice"}
 	f.connectOIDC(t, srv, k)
 	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
@@ -227,7 +233,7 @@ func TestOIDCProviderDeleteRevokes(t *testing.T) {
 func TestOIDCProviderClientCredentials(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	name, srv := oidcProvider(t, f, "oidccc", "basic")
+	name, srv := oidcProvider(t, f, "oidccc", "basic", nil)
 	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
 		"token_url": srv.TokenURL(), "auth_style": "basic", "scopes": []string{"api"}}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
@@ -257,7 +263,7 @@ func TestOIDCProviderClientCredentials(t *testing.T) {
 func TestOIDCProviderWrongSecretIsNotTheUsersFault(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	name, srv := oidcProvider(t, f, "oidcsec", "basic")
+	name, srv := oidcProvider(t, f, "oidcsec", "basic", nil)
 	k := store.Key{Provider: name, Connection: "alice"}
 	f.connectOIDC(t, srv, k)
 	tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
@@ -288,4 +294,44 @@ func TestOIDCProviderWrongSecretIsNotTheUsersFault(t *testing.T) {
 		t.Fatalf("forced refresh with the secret fixed: %v", err)
 	}
 	checkCounters(t, srv, "secret fixed", map[string]int{"POST /token refresh_token 200": 1, "grant.error.refresh_token.invalid_client": 1})
+}
+
+// With oidc-provider's own refresh token policy, offline_access is what
+// brings a refresh token, and OpenID Connect honours it only with
+// prompt=consent: the provider document decides whether the connection
+// can be refreshed at all. Without prompt=consent the server drops
+// offline_access, the grant has no refresh token, and a forced refresh
+// answers not_refreshable without calling the server.
+func TestOIDCProviderOfflineAccessNeedsConsentPrompt(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		prompt  bool
+		refresh bool
+	}{{"prompt=consent", true, true}, {"no prompt", false, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			name, srv := oidcProvider(t, f, "oidcoff", "basic", func(o *oidc.Options, doc map[string]any) {
+				o.OfflineAccessOnly = true
+				if !tc.prompt {
+					delete(doc, "authorize_params")
+				}
+			})
+			k := store.Key{Provider: name, Connection: "alice"}
+			f.connectOIDC(t, srv, k)
+			tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: tok.AccessToken})
+			switch {
+			case tc.refresh && (err != nil || next.AccessToken == tok.AccessToken):
+				t.Fatalf("forced refresh with offline_access granted: %v", err)
+			case !tc.refresh && broker.ErrorCode(err) != broker.CodeNotRefreshable:
+				t.Fatalf("forced refresh without a refresh token: %v, want not_refreshable", err)
+			}
+			refreshes := map[bool]int{true: 1, false: 0}[tc.refresh]
+			checkCounters(t, srv, tc.name, map[string]int{"POST /token authorization_code 200": 1, "POST /token refresh_token 200": refreshes})
+		})
+	}
 }

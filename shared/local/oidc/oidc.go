@@ -39,6 +39,11 @@ type Options struct {
 	AccessTTL time.Duration
 	// Account is the user the interaction logs in; "alice" when empty.
 	Account string
+	// OfflineAccessOnly applies oidc-provider's own refresh token policy:
+	// a refresh token only for the offline_access scope, which OpenID
+	// Connect grants only with prompt=consent. Otherwise every code
+	// exchange gets one.
+	OfflineAccessOnly bool
 }
 
 // Server is a running oidc-provider.
@@ -91,12 +96,16 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.AuthMethod == "" {
 		o.AuthMethod = "client_secret_basic"
 	}
+	policy := "always"
+	if o.OfflineAccessOnly {
+		policy = "offline_access"
+	}
 	cmd := exec.Command(node, "server.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(),
 		"OIDC_CLIENT_ID="+o.ClientID, "OIDC_CLIENT_SECRET="+o.Secret, "OIDC_REDIRECT_URI="+o.RedirectURI,
 		"OIDC_AUTH_METHOD="+o.AuthMethod, "OIDC_ACCESS_TTL="+strconv.Itoa(int(o.AccessTTL/time.Second)),
-		"OIDC_ACCOUNT="+o.Account, "NODE_NO_WARNINGS=1")
+		"OIDC_ACCOUNT="+o.Account, "OIDC_REFRESH="+policy, "NODE_NO_WARNINGS=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -14,6 +14,11 @@
 //   OIDC_ACCESS_TTL                     access token lifetime in seconds (default 600)
 //   OIDC_ACCOUNT                        the user logged in (default "alice")
 //   OIDC_PORT                           port (default 0: a free one)
+//   OIDC_REFRESH                        "always" (default): a refresh token on every
+//                                       code exchange; "offline_access": oidc-provider's
+//                                       own policy, only with the offline_access scope
+//                                       (which OpenID Connect honours only with
+//                                       prompt=consent)
 //
 // On start it prints one JSON line to stdout: {"issuer":"http://127.0.0.1:PORT"}.
 // Test-only endpoints (loopback only, like the rest):
@@ -36,6 +41,11 @@ const authMethod = env('OIDC_AUTH_METHOD', 'client_secret_basic');
 const accessTTL = Number(env('OIDC_ACCESS_TTL', '600'));
 const account = env('OIDC_ACCOUNT', 'alice');
 const port = Number(env('OIDC_PORT', '0'));
+const refreshPolicy = env('OIDC_REFRESH', 'always');
+if (refreshPolicy !== 'always' && refreshPolicy !== 'offline_access') {
+  console.error('server.mjs: OIDC_REFRESH must be always or offline_access');
+  process.exit(2);
+}
 const HOST = '127.0.0.1';
 
 const counters = {};
@@ -72,8 +82,8 @@ server.listen(port, HOST, () => {
     },
     pkce: { required: () => true },
     rotateRefreshToken: true,
-    // Always a refresh token for our client, offline_access or not.
-    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    issueRefreshToken: async (_ctx, client, source) => client.grantTypeAllowed('refresh_token')
+      && (refreshPolicy === 'always' || source.scopes.has('offline_access')),
     ttl: {
       AccessToken: accessTTL,
       ClientCredentials: accessTTL,
