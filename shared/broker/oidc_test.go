@@ -120,7 +120,8 @@ func userinfo(t *testing.T, srv *oidc.Server, access string) int {
 
 // Connect, token, three sequential forced refreshes (one naming the
 // rejected token), twenty concurrent forced refreshes naming the same
-// token, and a refresh after the user withdrew the grant at the server.
+// token from four broker instances, and a refresh after the user
+// withdrew the grant at the server.
 func TestOIDCProviderRefreshes(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -156,7 +157,10 @@ func TestOIDCProviderRefreshes(t *testing.T) {
 	checkCounters(t, srv, "3 forced refreshes", map[string]int{"POST /token refresh_token 200": 3,
 		"grant.success.refresh_token": 3, "refresh_token.consumed": 3, "grant.revoked": 0})
 
+	// Twenty callers across four broker instances (four Lambda sandboxes:
+	// only the store's lease keeps them to one refresh).
 	const callers = 20
+	brokers := []*broker.Broker{f.b, f.sibling(t), f.sibling(t), f.sibling(t)}
 	var wg sync.WaitGroup
 	got := make([]string, callers)
 	errs := make([]error, callers)
@@ -164,7 +168,7 @@ func TestOIDCProviderRefreshes(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: tok.AccessToken})
+			r, err := brokers[i%len(brokers)].Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: tok.AccessToken})
 			if err == nil {
 				got[i] = r.AccessToken
 			}
