@@ -60,6 +60,35 @@ var (
 	ErrInvalid = errors.New("config: invalid parameter")
 )
 
+// Prefix is prefix as the loader reads it: without a trailing slash, and
+// DefaultPrefix when empty.
+func Prefix(prefix string) string {
+	p := strings.TrimRight(prefix, "/")
+	if p == "" {
+		return DefaultPrefix
+	}
+	return p
+}
+
+// ProviderConfigName is the SSM name of provider's config document.
+func ProviderConfigName(prefix, provider string) string {
+	return Prefix(prefix) + "/providers/" + provider + "/config"
+}
+
+// ClientSecretName is the SSM name of provider's client secret.
+func ClientSecretName(prefix, provider string) string {
+	return Prefix(prefix) + "/providers/" + provider + "/client_secret"
+}
+
+// KeyRingName is the SSM name of the token key ring.
+func KeyRingName(prefix string) string { return Prefix(prefix) + "/token-keys" }
+
+// ProviderParameter splits a name under prefix of the form
+// {prefix}/providers/{provider}/{leaf}; ok is false for any other name.
+func ProviderParameter(prefix, name string) (provider, leaf string, ok bool) {
+	return providerParameter(Prefix(prefix), name)
+}
+
 // SSM is the part of the SDK client the loader uses; *ssm.Client satisfies it.
 type SSM interface {
 	GetParametersByPath(ctx context.Context, in *ssm.GetParametersByPathInput, optFns ...func(*ssm.Options)) (*ssm.GetParametersByPathOutput, error)
@@ -152,13 +181,7 @@ func (l *Loader) now() time.Time {
 	return time.Now()
 }
 
-func (l *Loader) prefix() string {
-	p := strings.TrimRight(l.Prefix, "/")
-	if p == "" {
-		return DefaultPrefix
-	}
-	return p
-}
+func (l *Loader) prefix() string { return Prefix(l.Prefix) }
 
 // Snapshot returns the cached snapshot, loading it when none is cached or
 // it is older than the TTL. When a reload fails, the previous snapshot keeps
@@ -314,7 +337,7 @@ func providerParameter(root, name string) (prov, leaf string, ok bool) {
 func (l *Loader) build(root string, params map[string]string, withSecrets bool) *Snapshot {
 	snap := &Snapshot{providers: map[string]*Provider{}, problems: map[string]error{}, LoadedAt: l.now()}
 
-	keysName := root + "/token-keys"
+	keysName := KeyRingName(root)
 	if raw, ok := params[keysName]; !ok {
 		snap.ringErr = fmt.Errorf("%w: %s is missing (a SecureString key ring, see README)", ErrInvalid, keysName)
 	} else if ring, err := sealing.ParseRing([]byte(raw)); err != nil {
@@ -341,10 +364,9 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 			found[prov].secret = &v
 		}
 	}
-	provPrefix := root + "/providers/"
 	for prov, pp := range found {
-		cfgName := provPrefix + prov + "/config"
-		secretName := provPrefix + prov + "/client_secret"
+		cfgName := ProviderConfigName(root, prov)
+		secretName := ClientSecretName(root, prov)
 		switch {
 		case pp.config == nil:
 			snap.problems[prov] = fmt.Errorf("%w: %s is missing", ErrInvalid, cfgName)

@@ -7,8 +7,6 @@ package devstack
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +25,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/operator"
 )
 
 // Demo provider names seeded into SSM.
@@ -164,29 +163,21 @@ func (st *Stack) ProviderConfigs() map[string]map[string]any {
 
 var secrets = map[string]string{WeChatMP: WeChatSecret, WeChatWeb: WeChatSecret, SinaCloud: SinaSecret, OAuth2: OAuth2Secret}
 
+// seed registers the demo providers and creates the key ring through
+// shared/operator, the code path of `tokenbroker provider put` and
+// `tokenbroker keys init`, so make dev proves those commands.
 func (st *Stack) seed(ctx context.Context, client *ssm.Client) error {
-	put := func(name, value string, typ ssmtypes.ParameterType) error {
-		_, err := client.PutParameter(ctx, &ssm.PutParameterInput{Name: aws.String(name), Value: aws.String(value), Type: typ, Overwrite: aws.Bool(true)})
-		if err != nil {
-			return fmt.Errorf("devstack: put %s: %w", name, err)
-		}
-		return nil
-	}
+	op := &operator.Operator{SSM: client, Prefix: st.Prefix}
 	for name, cfg := range st.ProviderConfigs() {
 		doc, _ := json.Marshal(cfg)
-		if err := put(st.Prefix+"/providers/"+name+"/config", string(doc), ssmtypes.ParameterTypeString); err != nil {
-			return err
-		}
-		if err := put(st.Prefix+"/providers/"+name+"/client_secret", secrets[name], ssmtypes.ParameterTypeSecureString); err != nil {
-			return err
+		if _, err := op.PutProvider(ctx, name, doc, secrets[name]); err != nil {
+			return fmt.Errorf("devstack: provider %s: %w", name, err)
 		}
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return err
+	if _, _, err := op.InitKeys(ctx); err != nil {
+		return fmt.Errorf("devstack: key ring: %w", err)
 	}
-	ring, _ := json.Marshal(map[string]any{"active": "dev1", "keys": map[string]string{"dev1": base64.StdEncoding.EncodeToString(key)}})
-	return put(st.Prefix+"/token-keys", string(ring), ssmtypes.ParameterTypeSecureString)
+	return nil
 }
 
 // PutProvider writes (or replaces) one provider's parameters.
