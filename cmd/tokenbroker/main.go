@@ -76,7 +76,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "tokenbroker:", err)
+	// The client's errors already say where they come from.
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "tokenbroker: ") {
+		msg = "tokenbroker: " + msg
+	}
+	fmt.Fprintln(stderr, msg)
 	if isUsage(err) {
 		if cmd != nil {
 			fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())

@@ -98,11 +98,6 @@ func WithQueryToken(param string) TransportOption {
 	return func(o *transportOptions) { o.queryParam = param }
 }
 
-// withBase sends requests with rt instead of http.DefaultTransport (tests).
-func withBase(rt http.RoundTripper) TransportOption {
-	return func(o *transportOptions) { o.base = rt }
-}
-
 // WeChat's errcodes for an access token that is invalid (40001), malformed
 // (40014) or expired (42001). WeChat reports them with HTTP 200.
 var wechatTokenErrors = map[int64]bool{40001: true, 40014: true, 42001: true}

@@ -228,8 +228,9 @@ func (c *Client) Import(ctx context.Context, provider, connection string, g Gran
 }
 
 // Delete forgets a connection, revoking its grant at the provider where
-// the provider has a revoke endpoint. A missing connection is an *Error
-// that errors.Is(err, ErrNotFound) matches.
+// the provider has a revoke endpoint. The broker's delete is idempotent:
+// a connection that does not exist (any more) is no error, while an
+// unknown provider is an *Error that errors.Is(err, ErrNotFound) matches.
 func (c *Client) Delete(ctx context.Context, provider, connection string) error {
 	if err := checkNames(provider, connection); err != nil {
 		return err

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -145,6 +146,14 @@ func (s *tokenSource) heal(rejected string) (*cachedToken, error) {
 		return s.client.Refresh(s.ctx, s.provider, s.connection, rejected)
 	})
 	if err != nil {
+		// The broker says the grant is gone: the cached token is known to
+		// be bad and nothing will replace it, so the next call asks the
+		// broker (and gets its error) instead of sending it again.
+		if errors.Is(err, ErrNeedsReauth) || errors.Is(err, ErrNotFound) {
+			if old := s.cached.Load(); old != nil && old.token.AccessToken == rejected {
+				s.cached.CompareAndSwap(old, nil)
+			}
+		}
 		return nil, err
 	}
 	t := newCachedToken(v.(*Token), s.minTTL, s.client.now())
