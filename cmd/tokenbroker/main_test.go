@@ -9,9 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -646,5 +648,59 @@ func TestDoctor(t *testing.T) {
 	// Without --table the table check is skipped, not failed.
 	if r := tb(t, "", "doctor").want(t, 0); !strings.Contains(r.stdout, "skip  table") {
 		t.Fatalf("doctor without --table:\n%s", r.stdout)
+	}
+}
+
+// TestMakeDevCLILines runs the CLI lines make dev prints (the README's
+// five commands with the stand-ins' environment, then list and doctor),
+// exactly as printed, against the same functions and front: each exits
+// 0, and the token at the end works at the provider.
+func TestMakeDevCLILines(t *testing.T) {
+	lines := api.Stack.CLILines(api.URL)
+	if len(lines) != 7 || !strings.HasPrefix(lines[0], "export ") {
+		t.Fatalf("lines %q", lines)
+	}
+	for _, kv := range strings.Fields(strings.TrimPrefix(lines[0], "export ")) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	var token string
+	for _, line := range lines[1:] {
+		stdin := ""
+		if pipe, rest, ok := strings.Cut(line, " | "); ok {
+			f := strings.Fields(pipe)
+			if len(f) != 3 || f[0] != "printf" || f[1] != "%s" {
+				t.Fatalf("cannot run %q", line)
+			}
+			stdin, line = f[2], rest
+		}
+		argv := strings.Fields(line)
+		if argv[0] != "tokenbroker" {
+			t.Fatalf("not a tokenbroker line: %q", line)
+		}
+		r := raw(t, stdin, argv[1:]...).want(t, 0)
+		switch argv[1] {
+		case "connect":
+			// The user's browser: consent, then the callback's own page
+			// (no return_to).
+			resp, err := http.Get(regexp.MustCompile(`https?://\S+/authorize\?\S+`).FindString(r.stdout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			page, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(page), "is connected") {
+				t.Fatalf("the flow ended with %d %s", resp.StatusCode, page)
+			}
+		case "token":
+			token = regexp.MustCompile(`access token\s+(\S+)`).FindStringSubmatch(r.stdout)[1]
+		case "doctor":
+			if strings.Contains(r.stdout, "FAIL") || strings.Contains(r.stdout, "skip") {
+				t.Fatalf("doctor:\n%s", r.stdout)
+			}
+		}
+	}
+	if !api.Stack.OAuth2.ValidAccess(token) {
+		t.Fatal("the token does not work at the provider")
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/tokenbroker/tokenbroker/shared/config"
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 	"github.com/tokenbroker/tokenbroker/shared/operator"
@@ -178,6 +179,31 @@ func (st *Stack) seed(ctx context.Context, client *ssm.Client) error {
 		return fmt.Errorf("devstack: key ring: %w", err)
 	}
 	return nil
+}
+
+// CLILines are tokenbroker CLI commands that work against this stack as
+// they are, for an API at base: the environment to export (the stand-ins'
+// endpoints, local credentials), then the README's deploy-to-first-token
+// commands (keys init, provider put re-registering the demo OAuth2
+// provider through the seeding's own code path, connect, token), then
+// list and doctor. make dev prints them; a test of the CLI runs them.
+func (st *Stack) CLILines(base string) []string {
+	o2 := st.EmulatorURLs["oauth2"]
+	global := "--api " + base
+	if st.Prefix != config.DefaultPrefix {
+		global += " --ssm-prefix " + st.Prefix
+	}
+	return []string{
+		fmt.Sprintf("export AWS_ENDPOINT_URL_SSM=%s AWS_ENDPOINT_URL_DYNAMODB=%s AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=%s",
+			st.Endpoints.SSM, st.Endpoints.DynamoDB, localaws.Region),
+		"tokenbroker keys init " + global,
+		fmt.Sprintf("printf %%s %s | tokenbroker provider put %s %s --kind oauth2 --client-id %s --scopes read --set authorize_url=%s/authorize --set token_url=%s/token --set revoke_url=%s/revoke --client-secret-stdin",
+			OAuth2Secret, OAuth2, global, OAuth2ClientID, o2, o2, o2),
+		"tokenbroker connect " + OAuth2 + " alice " + global,
+		"tokenbroker token " + OAuth2 + " alice " + global,
+		"tokenbroker list " + OAuth2 + " " + global,
+		"tokenbroker doctor " + global + " --table " + st.Table,
+	}
 }
 
 // PutProvider writes (or replaces) one provider's parameters.

@@ -351,20 +351,9 @@ The refresher runs every minute and prints its summary here.
 		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"], cliLines(base, stack))
 }
 
-// cliLines are the tokenbroker CLI commands that work against this stack:
-// the README's five, with the demo OAuth2 provider re-registered through
-// the same code path make dev seeded it with.
+// cliLines are the tokenbroker CLI commands that work against this stack.
 func cliLines(base string, stack *devstack.Stack) string {
-	creds := devfront.DefaultCredentials
-	o2 := stack.EmulatorURLs["oauth2"]
-	return fmt.Sprintf(`
-The operator CLI against this stack (go install ./cmd/tokenbroker, or go run ./cmd/tokenbroker):
-  export AWS_ENDPOINT_URL_SSM=%[2]s AWS_ENDPOINT_URL_DYNAMODB=%[3]s AWS_ACCESS_KEY_ID=%[4]s AWS_SECRET_ACCESS_KEY=%[5]s AWS_REGION=%[6]s
-  tokenbroker keys init --api %[1]s
-  printf %%s %[7]s | tokenbroker provider put oauth2 --api %[1]s --kind oauth2 --client-id %[8]s --scopes read --set authorize_url=%[9]s/authorize --set token_url=%[9]s/token --set revoke_url=%[9]s/revoke --client-secret-stdin
-  tokenbroker connect oauth2 alice --api %[1]s        (open the URL it prints)
-  tokenbroker token oauth2 alice --api %[1]s
-  tokenbroker list oauth2 --api %[1]s;  tokenbroker doctor --api %[1]s --table %[10]s
-`, base, stack.Endpoints.SSM, stack.Endpoints.DynamoDB, creds.AccessKeyID, creds.SecretAccessKey, devfront.DefaultRegion,
-		devstack.OAuth2Secret, devstack.OAuth2ClientID, o2, stack.Table)
+	lines := stack.CLILines(base)
+	return "\nThe operator CLI against this stack (go install ./cmd/tokenbroker, or go run ./cmd/tokenbroker);\n" +
+		"open the URL connect prints before asking for the token:\n  " + strings.Join(lines, "\n  ") + "\n"
 }
