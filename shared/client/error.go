@@ -27,8 +27,9 @@ type Error struct {
 	// Status is the HTTP status.
 	Status int
 	// Code is the broker's error code (DESIGN.md: bad_request,
-	// unauthorized, forbidden, not_found, needs_reauth, provider_error,
-	// provider_unavailable, internal), or "http_<status>" when the body
+	// unauthorized, forbidden, not_found, conflict, needs_reauth,
+	// not_refreshable, provider_error, provider_unavailable, internal), or
+	// "http_<status>" when the body
 	// names none (API Gateway's own refusals, a proxy's HTML page).
 	Code string
 	// Message is the human text of the answer, or a short printable
