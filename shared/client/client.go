@@ -1,7 +1,10 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"golang.org/x/sync/singleflight"
 )
 
 const (
@@ -25,8 +29,8 @@ const (
 	// emptyPayloadHash is the hex SHA-256 of an empty body, what SigV4
 	// signs for a GET.
 	emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-	// maxAnswer bounds a token answer (a WeChat token is 512 bytes or more,
-	// extras are few).
+	// maxAnswer bounds an answer: a token (a WeChat token is 512 bytes or
+	// more, extras are few) or a page of 100 connections with metadata.
 	maxAnswer = 1 << 20
 	// defaultTimeout outlives API Gateway's 30 s integration limit, so the
 	// broker's own answer (even a 504) arrives first.
@@ -43,6 +47,9 @@ type Client struct {
 	// now is the clock for signing and for the token cache.
 	now   func() time.Time
 	retry retryPolicy
+	// heals shares one Refresh among concurrent heals of one rejected
+	// token (HTTPClient).
+	heals singleflight.Group
 }
 
 // Option configures New.
@@ -185,35 +192,71 @@ func (c *Client) Token(ctx context.Context, provider, connection string, minTTL 
 	if minTTL > 0 {
 		seconds = int64((minTTL + time.Second - 1) / time.Second)
 	}
-	target := c.base + "/connections/" + url.PathEscape(provider) + "/" + url.PathEscape(connection) + "/token?min_ttl=" + strconv.FormatInt(seconds, 10)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	raw, _, err := c.send(ctx, http.MethodGet, connectionPath(provider, connection)+"/token", url.Values{"min_ttl": {strconv.FormatInt(seconds, 10)}}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("tokenbroker: %w", err)
+		return nil, err
+	}
+	return parseAnswer(raw)
+}
+
+// connectionPath is /connections/{provider}/{connection}, escaped.
+func connectionPath(provider, connection string) string {
+	return "/connections/" + url.PathEscape(provider) + "/" + url.PathEscape(connection)
+}
+
+// send makes one signed request and reads a 2xx answer (at most
+// maxAnswer bytes); any other answer is an *Error. body, when not nil, is
+// sent as JSON. It returns the answer's body and status.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any) ([]byte, int, error) {
+	target := c.base + path
+	if len(query) > 0 {
+		target += "?" + query.Encode()
+	}
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return nil, 0, fmt.Errorf("tokenbroker: encode the request: %w", err)
+		}
+	}
+	var reader io.Reader
+	if payload != nil {
+		reader = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, reader)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tokenbroker: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
+	payloadHash := emptyPayloadHash
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
+		sum := sha256.Sum256(payload)
+		payloadHash = hex.EncodeToString(sum[:])
+	}
 	creds, err := c.creds.Retrieve(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("tokenbroker: AWS credentials: %w", err)
+		return nil, 0, fmt.Errorf("tokenbroker: AWS credentials: %w", err)
 	}
-	if err := c.signer.SignHTTP(ctx, creds, req, emptyPayloadHash, signingService, c.region, c.now()); err != nil {
-		return nil, fmt.Errorf("tokenbroker: sign: %w", err)
+	if err := c.signer.SignHTTP(ctx, creds, req, payloadHash, signingService, c.region, c.now()); err != nil {
+		return nil, 0, fmt.Errorf("tokenbroker: sign: %w", err)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("tokenbroker: %w", err)
+		return nil, 0, fmt.Errorf("tokenbroker: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, errorFrom(resp)
+		return nil, resp.StatusCode, errorFrom(resp, c.now())
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
-		return nil, fmt.Errorf("tokenbroker: read the answer: %w", err)
+		return nil, resp.StatusCode, fmt.Errorf("tokenbroker: read the answer: %w", err)
 	}
 	if len(raw) > maxAnswer {
-		return nil, fmt.Errorf("tokenbroker: the answer is larger than %d bytes", maxAnswer)
+		return nil, resp.StatusCode, fmt.Errorf("tokenbroker: the answer is larger than %d bytes", maxAnswer)
 	}
-	return parseAnswer(raw)
+	return raw, resp.StatusCode, nil
 }
 
 func parseAnswer(raw []byte) (*Token, error) {

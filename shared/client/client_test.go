@@ -30,6 +30,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
+// listingProvider holds only TestList250's connections.
+const listingProvider = "listing"
+
 var (
 	api  *localapi.API
 	logs = &syncBuffer{}
@@ -67,6 +70,11 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer api.Close()
+	// TestList250's own provider, registered before any function loads
+	// its configuration (they keep it for 5 minutes).
+	if err := api.Stack.PutProvider(ctx, listingProvider, api.Stack.ProviderConfigs()[devstack.OAuth2], devstack.OAuth2Secret); err != nil {
+		return 0, err
+	}
 	// The example runs as a backend would: the default credential chain
 	// from the environment (and nothing from this machine's files), the
 	// broker's URL from its configuration.

@@ -24,12 +24,27 @@
 // that x/oauth2's own ten-second early expiry ends the token's use
 // exactly when this source would fetch a new one, never later.
 //
+// Client.HTTPClient returns an *http.Client for a downstream API that
+// carries such a token on every request, and heals a rejected one: when
+// the API answers that the token is no good (401 by default,
+// WithRejection to say otherwise, WeChatRejected for WeChat's errcodes),
+// it calls Client.Refresh naming the rejected token, so that the broker
+// refreshes once however many callers saw it fail, and sends the request
+// once more where its body allows. The 503 retries of TokenSource,
+// Refresh and HTTPClient wait at least as long as the broker's
+// Retry-After asks.
+//
+// Every other route has its method too: Authorize and Confirm for the
+// connect flow, Status, List (an iter.Seq2 over every page), Import,
+// Delete.
+//
 // Every answer that is not 2xx is returned as *Error, carrying the
 // broker's error code (bad_request, unauthorized, forbidden, not_found,
-// needs_reauth, provider_error, provider_unavailable, internal) or
-// "http_<status>" when the body says none, as API Gateway's own refusals
-// do. errors.Is(err, ErrNeedsReauth) reports a connection whose user must
-// authorize again.
+// conflict, needs_reauth, not_refreshable, provider_error,
+// provider_unavailable, internal) or "http_<status>" when the body says
+// none, as API Gateway's own refusals do. errors.Is(err, ErrNeedsReauth)
+// reports a connection whose user must authorize again, and
+// errors.Is(err, ErrNotFound) one (or a provider) that does not exist.
 //
 // Functions of the broker itself must not import this package (it pulls
 // in the SDK's config module, which their binaries do without).

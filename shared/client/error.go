@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -16,20 +17,29 @@ import (
 // authorize again before the broker can hand out a token.
 var ErrNeedsReauth = errors.New("tokenbroker: needs_reauth")
 
+// ErrNotFound is what errors.Is matches for a 404 not_found answer: the
+// connection (or the provider) does not exist.
+var ErrNotFound = errors.New("tokenbroker: not_found")
+
 // Error is a non-2xx answer from the broker or from API Gateway in front
 // of it.
 type Error struct {
 	// Status is the HTTP status.
 	Status int
 	// Code is the broker's error code (DESIGN.md: bad_request,
-	// unauthorized, forbidden, not_found, needs_reauth, provider_error,
-	// provider_unavailable, internal), or "http_<status>" when the body
+	// unauthorized, forbidden, not_found, conflict, needs_reauth,
+	// not_refreshable, provider_error, provider_unavailable, internal), or
+	// "http_<status>" when the body
 	// names none (API Gateway's own refusals, a proxy's HTML page).
 	Code string
 	// Message is the human text of the answer, or a short printable
 	// snippet of a body that is not the broker's JSON; a few hundred bytes
 	// at most.
 	Message string
+	// RetryAfter is how long the broker asked the caller to wait before
+	// trying again (its Retry-After header, on a 503 most often); zero
+	// when it said nothing.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -40,9 +50,15 @@ func (e *Error) Error() string {
 }
 
 // Is reports whether target is ErrNeedsReauth and e is the broker's
-// 409 needs_reauth.
+// 409 needs_reauth, or target is ErrNotFound and e is its 404 not_found.
 func (e *Error) Is(target error) bool {
-	return target == ErrNeedsReauth && e.Status == http.StatusConflict && e.Code == "needs_reauth"
+	switch target {
+	case ErrNeedsReauth:
+		return e.Status == http.StatusConflict && e.Code == "needs_reauth"
+	case ErrNotFound:
+		return e.Status == http.StatusNotFound && e.Code == "not_found"
+	}
+	return false
 }
 
 const (
@@ -53,9 +69,9 @@ const (
 )
 
 // errorFrom turns a non-2xx answer into an *Error.
-func errorFrom(resp *http.Response) *Error {
+func errorFrom(resp *http.Response, now time.Time) *Error {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), now)}
 	// The broker answers {"error","message"}; API Gateway {"message"} or
 	// {"Message"} (encoding/json matches names case-insensitively).
 	var body struct {
@@ -74,6 +90,32 @@ func errorFrom(resp *http.Response) *Error {
 		e.Message = http.StatusText(resp.StatusCode)
 	}
 	return e
+}
+
+// maxRetryAfter bounds what a Retry-After header can make the client
+// believe, so a hostile or broken answer cannot park a caller for days.
+const maxRetryAfter = time.Hour
+
+// retryAfter reads a Retry-After header: whole seconds or an HTTP date
+// (RFC 9110 10.2.3). Anything else, or a time already past, is zero.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		if n > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
+		d = time.Duration(n) * time.Second
+	} else if at, err := http.ParseTime(v); err == nil {
+		d = at.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
 }
 
 // isCode accepts the shape of the broker's codes, so a hostile body cannot

@@ -3,9 +3,7 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -22,9 +20,12 @@ const oauth2ExpiryDelta = 10 * time.Second
 type retryPolicy struct {
 	attempts  int           // in all, the first one included
 	base, max time.Duration // the wait before retry n is base·2ⁿ⁻¹, capped, jittered to [½, 1] of it
+	// maxRetryAfter is the longest Retry-After that is waited out; an
+	// answer asking for more is returned at once.
+	maxRetryAfter time.Duration
 }
 
-var defaultRetry = retryPolicy{attempts: 4, base: 200 * time.Millisecond, max: 2 * time.Second}
+var defaultRetry = retryPolicy{attempts: 4, base: 200 * time.Millisecond, max: 2 * time.Second, maxRetryAfter: 20 * time.Second}
 
 func (p retryPolicy) wait(retry int) time.Duration {
 	d := p.max
@@ -92,8 +93,17 @@ func (t *cachedToken) copy() *oauth2.Token {
 // Token returns a token valid for at least minTTL, from the cache when it
 // can.
 func (s *tokenSource) Token() (*oauth2.Token, error) {
+	t, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	return t.copy(), nil
+}
+
+// current is Token without the copy.
+func (s *tokenSource) current() (*cachedToken, error) {
 	if t := s.cached.Load(); t.fresh(s.client.now()) {
-		return t.copy(), nil
+		return t, nil
 	}
 	v, err, _ := s.flight.Do("", func() (any, error) {
 		// A flight that ended while this caller was on its way may have
@@ -112,26 +122,45 @@ func (s *tokenSource) Token() (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.(*cachedToken).copy(), nil
+	return v.(*cachedToken), nil
 }
 
 // fetch asks the broker, retrying 503 answers.
 func (s *tokenSource) fetch() (*Token, error) {
-	policy := s.client.retry
-	for attempt := 1; ; attempt++ {
-		tok, err := s.client.Token(s.ctx, s.provider, s.connection, s.minTTL)
-		var answer *Error
-		if err == nil || !errors.As(err, &answer) || answer.Status != http.StatusServiceUnavailable || attempt >= policy.attempts {
-			return tok, err
-		}
-		timer := time.NewTimer(policy.wait(attempt))
-		select {
-		case <-s.ctx.Done():
-			timer.Stop()
-			return nil, fmt.Errorf("%w (no retry: %w)", err, s.ctx.Err())
-		case <-timer.C:
-		}
+	return s.client.retrying(s.ctx, func() (*Token, error) {
+		return s.client.Token(s.ctx, s.provider, s.connection, s.minTTL)
+	})
+}
+
+// heal replaces a token a downstream API rejected: unless the cache holds
+// another fresh token already (a heal that finished while this caller's
+// request was out), it asks the broker with Refresh naming the rejected
+// token and caches the answer. Concurrent heals of one token of one
+// connection, through any source of the same Client, share one Refresh.
+func (s *tokenSource) heal(rejected string) (*cachedToken, error) {
+	if t := s.cached.Load(); t.fresh(s.client.now()) && t.token.AccessToken != rejected {
+		return t, nil
 	}
+	key := s.provider + "\x00" + s.connection + "\x00" + rejected
+	v, err, _ := s.client.heals.Do(key, func() (any, error) {
+		return s.client.Refresh(s.ctx, s.provider, s.connection, rejected)
+	})
+	if err != nil {
+		// The broker says the grant is gone: the cached token is known to
+		// be bad and nothing will replace it, so the next call asks the
+		// broker (and gets its error) instead of sending it again.
+		if errors.Is(err, ErrNeedsReauth) || errors.Is(err, ErrNotFound) {
+			if old := s.cached.Load(); old != nil && old.token.AccessToken == rejected {
+				s.cached.CompareAndSwap(old, nil)
+			}
+		}
+		return nil, err
+	}
+	t := newCachedToken(v.(*Token), s.minTTL, s.client.now())
+	if old := s.cached.Load(); old == nil || old.token.AccessToken == rejected || !old.fresh(s.client.now()) {
+		s.cached.Store(t)
+	}
+	return t, nil
 }
 
 // newCachedToken works out, for a token fetched at now, when it goes

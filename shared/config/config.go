@@ -60,6 +60,35 @@ var (
 	ErrInvalid = errors.New("config: invalid parameter")
 )
 
+// Prefix is prefix as the loader reads it: without a trailing slash, and
+// DefaultPrefix when empty.
+func Prefix(prefix string) string {
+	p := strings.TrimRight(prefix, "/")
+	if p == "" {
+		return DefaultPrefix
+	}
+	return p
+}
+
+// ProviderConfigName is the SSM name of provider's config document.
+func ProviderConfigName(prefix, provider string) string {
+	return Prefix(prefix) + "/providers/" + provider + "/config"
+}
+
+// ClientSecretName is the SSM name of provider's client secret.
+func ClientSecretName(prefix, provider string) string {
+	return Prefix(prefix) + "/providers/" + provider + "/client_secret"
+}
+
+// KeyRingName is the SSM name of the token key ring.
+func KeyRingName(prefix string) string { return Prefix(prefix) + "/token-keys" }
+
+// ProviderParameter splits a name under prefix of the form
+// {prefix}/providers/{provider}/{leaf}; ok is false for any other name.
+func ProviderParameter(prefix, name string) (provider, leaf string, ok bool) {
+	return providerParameter(Prefix(prefix), name)
+}
+
 // SSM is the part of the SDK client the loader uses; *ssm.Client satisfies it.
 type SSM interface {
 	GetParametersByPath(ctx context.Context, in *ssm.GetParametersByPathInput, optFns ...func(*ssm.Options)) (*ssm.GetParametersByPathOutput, error)
@@ -152,13 +181,7 @@ func (l *Loader) now() time.Time {
 	return time.Now()
 }
 
-func (l *Loader) prefix() string {
-	p := strings.TrimRight(l.Prefix, "/")
-	if p == "" {
-		return DefaultPrefix
-	}
-	return p
-}
+func (l *Loader) prefix() string { return Prefix(l.Prefix) }
 
 // Snapshot returns the cached snapshot, loading it when none is cached or
 // it is older than the TTL. When a reload fails, the previous snapshot keeps
@@ -314,7 +337,7 @@ func providerParameter(root, name string) (prov, leaf string, ok bool) {
 func (l *Loader) build(root string, params map[string]string, withSecrets bool) *Snapshot {
 	snap := &Snapshot{providers: map[string]*Provider{}, problems: map[string]error{}, LoadedAt: l.now()}
 
-	keysName := root + "/token-keys"
+	keysName := KeyRingName(root)
 	if raw, ok := params[keysName]; !ok {
 		snap.ringErr = fmt.Errorf("%w: %s is missing (a SecureString key ring, see README)", ErrInvalid, keysName)
 	} else if ring, err := sealing.ParseRing([]byte(raw)); err != nil {
@@ -341,10 +364,9 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 			found[prov].secret = &v
 		}
 	}
-	provPrefix := root + "/providers/"
 	for prov, pp := range found {
-		cfgName := provPrefix + prov + "/config"
-		secretName := provPrefix + prov + "/client_secret"
+		cfgName := ProviderConfigName(root, prov)
+		secretName := ClientSecretName(root, prov)
 		switch {
 		case pp.config == nil:
 			snap.problems[prov] = fmt.Errorf("%w: %s is missing", ErrInvalid, cfgName)
@@ -364,7 +386,7 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 		}
 		snap.providers[prov] = &Provider{Config: cfg, Secret: secret}
 	}
-	refuseSharedTokenAppIDs(snap, provPrefix)
+	refuseSharedTokenAppIDs(snap, root)
 	return snap
 }
 
@@ -376,7 +398,7 @@ func (l *Loader) build(root string, params map[string]string, withSecrets bool) 
 // are kept apart from cgi-bin/token's at WeChat ("完全隔离，互不影响"), so
 // names on stable_token never clash with a token-mode name and are left
 // alone. The other providers load as usual.
-func refuseSharedTokenAppIDs(snap *Snapshot, provPrefix string) {
+func refuseSharedTokenAppIDs(snap *Snapshot, root string) {
 	byAppID := map[string][]string{}
 	for name, p := range snap.providers {
 		if p.Config.Kind == provider.KindWeChatMP && p.Config.TokenAPI == "token" {
@@ -390,8 +412,8 @@ func refuseSharedTokenAppIDs(snap *Snapshot, provPrefix string) {
 		sort.Strings(names)
 		for _, name := range names {
 			others := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == name })
-			snap.problems[name] = fmt.Errorf("%w: %s%s/config: client_id %q (a wechat_mp AppID) with token_api \"token\" is also used by provider(s) %s with token_api \"token\": every cgi-bin/token fetch by one name kills the token another name holds. Keep one token-mode provider name per AppID, or set token_api \"stable_token\"",
-				ErrInvalid, provPrefix, name, appID, strings.Join(others, ", "))
+			snap.problems[name] = fmt.Errorf("%w: %s: client_id %q (a wechat_mp AppID) with token_api \"token\" is also used by provider(s) %s with token_api \"token\": every cgi-bin/token fetch by one name kills the token another name holds. Keep one token-mode provider name per AppID, or set token_api \"stable_token\"",
+				ErrInvalid, ProviderConfigName(root, name), appID, strings.Join(others, ", "))
 			delete(snap.providers, name)
 		}
 	}

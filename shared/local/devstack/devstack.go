@@ -10,8 +10,6 @@ package devstack
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,9 +26,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/tokenbroker/tokenbroker/shared/config"
 	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
+	"github.com/tokenbroker/tokenbroker/shared/operator"
 )
 
 // Demo provider names seeded into SSM.
@@ -174,29 +174,46 @@ func (st *Stack) ProviderConfigs() map[string]map[string]any {
 
 var secrets = map[string]string{WeChatMP: WeChatSecret, WeChatWeb: WeChatSecret, SinaCloud: SinaSecret, OAuth2: OAuth2Secret}
 
+// seed registers the demo providers and creates the key ring through
+// shared/operator, the code path of `tokenbroker provider put` and
+// `tokenbroker keys init`, so make dev proves those commands.
 func (st *Stack) seed(ctx context.Context, client *ssm.Client) error {
-	put := func(name, value string, typ ssmtypes.ParameterType) error {
-		_, err := client.PutParameter(ctx, &ssm.PutParameterInput{Name: aws.String(name), Value: aws.String(value), Type: typ, Overwrite: aws.Bool(true)})
-		if err != nil {
-			return fmt.Errorf("devstack: put %s: %w", name, err)
-		}
-		return nil
-	}
+	op := &operator.Operator{SSM: client, Prefix: st.Prefix}
 	for name, cfg := range st.ProviderConfigs() {
 		doc, _ := json.Marshal(cfg)
-		if err := put(st.Prefix+"/providers/"+name+"/config", string(doc), ssmtypes.ParameterTypeString); err != nil {
-			return err
-		}
-		if err := put(st.Prefix+"/providers/"+name+"/client_secret", secrets[name], ssmtypes.ParameterTypeSecureString); err != nil {
-			return err
+		if _, err := op.PutProvider(ctx, name, doc, secrets[name]); err != nil {
+			return fmt.Errorf("devstack: provider %s: %w", name, err)
 		}
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return err
+	if _, _, err := op.InitKeys(ctx); err != nil {
+		return fmt.Errorf("devstack: key ring: %w", err)
 	}
-	ring, _ := json.Marshal(map[string]any{"active": "dev1", "keys": map[string]string{"dev1": base64.StdEncoding.EncodeToString(key)}})
-	return put(st.Prefix+"/token-keys", string(ring), ssmtypes.ParameterTypeSecureString)
+	return nil
+}
+
+// CLILines are tokenbroker CLI commands that work against this stack as
+// they are, for an API at base: the environment to export (the stand-ins'
+// endpoints, local credentials), then the README's deploy-to-first-token
+// commands (keys init, provider put re-registering the demo OAuth2
+// provider through the seeding's own code path, connect, token), then
+// list and doctor. make dev prints them; a test of the CLI runs them.
+func (st *Stack) CLILines(base string) []string {
+	o2 := st.EmulatorURLs["oauth2"]
+	global := "--api " + base
+	if st.Prefix != config.DefaultPrefix {
+		global += " --ssm-prefix " + st.Prefix
+	}
+	return []string{
+		fmt.Sprintf("export AWS_ENDPOINT_URL_SSM=%s AWS_ENDPOINT_URL_DYNAMODB=%s AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=%s",
+			st.Endpoints.SSM, st.Endpoints.DynamoDB, localaws.Region),
+		"tokenbroker keys init " + global,
+		fmt.Sprintf("printf %%s %s | tokenbroker provider put %s %s --kind oauth2 --client-id %s --scopes read --set authorize_url=%s/authorize --set token_url=%s/token --set revoke_url=%s/revoke --client-secret-stdin",
+			OAuth2Secret, OAuth2, global, OAuth2ClientID, o2, o2, o2),
+		"tokenbroker connect " + OAuth2 + " alice " + global,
+		"tokenbroker token " + OAuth2 + " alice " + global,
+		"tokenbroker list " + OAuth2 + " " + global,
+		"tokenbroker doctor " + global + " --table " + st.Table,
+	}
 }
 
 // PutProvider writes (or replaces) one provider's parameters.

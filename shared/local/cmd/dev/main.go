@@ -346,7 +346,14 @@ Status, refresh, delete:  GET|POST …/refresh|DELETE %[1]s/connections/{provide
 Function logs:            %[7]s
 Emulators:                WeChat %[8]s  SinaCloud %[9]s  OAuth2 %[10]s
 The refresher runs every minute and prints its summary here.
-`, base, links[devstack.WeChatWeb], links[devstack.SinaCloud], links[devstack.OAuth2],
+%[11]s`, base, links[devstack.WeChatWeb], links[devstack.SinaCloud], links[devstack.OAuth2],
 		curlLine(base, devstack.WeChatWeb, "demo"), curlLine(base, devstack.WeChatMP, "app"), logPath,
-		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"])
+		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"], cliLines(base, stack))
+}
+
+// cliLines are the tokenbroker CLI commands that work against this stack.
+func cliLines(base string, stack *devstack.Stack) string {
+	lines := stack.CLILines(base)
+	return "\nThe operator CLI against this stack (go install ./cmd/tokenbroker, or go run ./cmd/tokenbroker);\n" +
+		"open the URL connect prints before asking for the token:\n  " + strings.Join(lines, "\n  ") + "\n"
 }
