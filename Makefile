@@ -75,7 +75,7 @@ $(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
 ## end-to-end tests of the built bootstraps, gofmt/vet, cfn-lint, the
 ## repository checks (hygiene) and the build rule's own test (check-build)
 test: deps hygiene check-build
-	@unformatted=$$(gofmt -l functions shared); \
+	@unformatted=$$(gofmt -l functions shared cmd); \
 	  [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	cfn-lint template.yaml
@@ -87,7 +87,7 @@ unit:
 
 ## lint: gofmt, go vet, staticcheck
 lint:
-	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; exit 1; }
+	@test -z "$$(gofmt -l functions shared cmd)" || { gofmt -l functions shared cmd; exit 1; }
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 	cfn-lint template.yaml

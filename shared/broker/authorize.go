@@ -182,11 +182,30 @@ func Principal(caller string) string {
 //
 // The returned error is set when there is nowhere to send the user back
 // (bad or replayed state); otherwise the outcome is in the result.
-func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest) (*CallbackResult, error) {
+func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest) (out *CallbackResult, failed error) {
+	stateFP, audited := "", false
+	if req.State != "" {
+		stateFP = store.Fingerprint(req.State)
+	}
+	defer func() {
+		// Every callback that stores nothing leaves a line too, with the
+		// fingerprint of the state it presented, so the trail from
+		// authorize to callback holds when something goes wrong.
+		if audited {
+			return
+		}
+		why := failed
+		if why == nil && out != nil {
+			why = out.Err
+		}
+		if why != nil {
+			b.log().WarnContext(ctx, "callback stored nothing", "audit", true, "provider", req.Provider, "state_fingerprint", stateFP,
+				"code", string(ErrorCode(why)), "reason", ErrorMessage(why))
+		}
+	}()
 	if req.State == "" {
 		return nil, Errorf(CodeBadRequest, "the callback has no state; start the authorization again")
 	}
-	stateFP := store.Fingerprint(req.State)
 	e, err := b.envFor(ctx, req.Provider)
 	if err != nil {
 		return nil, err
@@ -206,6 +225,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 		res.Err = Errorf(CodeForbidden, "the provider reported %s: %s", redact.Printable(req.Error, 64), redact.Printable(req.ErrorDescription, 200))
 		b.log().InfoContext(ctx, "authorization refused at the provider", "audit", true, "principal", st.Principal, "provider", st.Provider,
 			"connection", st.Connection, "state_fingerprint", stateFP, "error", redact.Printable(req.Error, 64))
+		audited = true
 		return res, nil
 	}
 	if req.Code == "" {
@@ -219,13 +239,16 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 		b.log().WarnContext(ctx, "code exchange failed", "audit", true, "principal", st.Principal, "provider", req.Provider, "connection", st.Connection,
 			"state_fingerprint", stateFP, "error", err.Error())
 		res.Err = exchangeError(err)
+		audited = true
 		return res, nil
 	}
 	now := b.now()
 	conn := &store.Connection{Key: st.Key, Kind: e.cfg.Kind, Status: store.StatusActive, CreatedAt: now, RefreshedAt: now, Metadata: st.Metadata}
 	applyTokens(conn, ts)
 	if st.Confirm {
-		return b.park(ctx, e, conn, st.Principal, stateFP, res)
+		res, err := b.park(ctx, e, conn, st.Principal, stateFP, res)
+		audited = res != nil && res.Err == nil
+		return res, err
 	}
 	scheduleRefresh(conn, e.cfg, now)
 	_, old, err := b.storeGrant(ctx, e, conn, "callback", true, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
@@ -238,6 +261,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	b.log().InfoContext(ctx, "connection authorized", "audit", true, "via", "callback", "principal", st.Principal, "provider", st.Provider,
 		"connection", st.Connection, "account", account(conn), "state_fingerprint", stateFP, "token_fingerprint", store.Fingerprint(conn.AccessToken),
 		"expires_at", conn.ExpiresAt, "replaced", old != nil)
+	audited = true
 	return res, nil
 }
 
@@ -346,9 +370,6 @@ func exchangeError(err error) error {
 	return wrap(CodeProviderError, err, "the provider refused the code (%s: %s); start the authorization again", pe.Code, pe.Message)
 }
 
-// maxGrantAttempts bounds storeGrant's rounds against a connection that
-// keeps changing under it (each round is one conditional write).
-const maxGrantAttempts = 5
 
 // grantWrite prepares the write that stores a new grant under pre, with
 // the notices announcing it.
@@ -381,7 +402,11 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		}
 		if err == nil {
 			b.publish(ctx, st, notices...)
-			if old != nil {
+			if old != nil && via != "import" {
+				// An import may well bring the same grant's newer tokens
+				// (a migration re-run after the old tool refreshed), and
+				// revoking the older ones would end that grant: only a new
+				// consent (callback, confirm) revokes what it replaced.
 				b.revokeReplaced(ctx, e, old, conn)
 			}
 			return !pre.Replace, old, nil
@@ -390,8 +415,16 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		if !moved {
 			return false, nil, asAppError(err, "connection")
 		}
-		if attempt == maxGrantAttempts {
-			return false, nil, wrap(CodeInternal, err, "connection %s kept changing while being stored; try again", conn.Key)
+		// Others keep replacing it: go round again, spread out, for as long
+		// as the commit budget lasts; then the caller may try again.
+		pause := time.Duration(attempt) * 20 * time.Millisecond
+		if time.Now().Add(pause).After(b.wallClock(until)) {
+			return false, nil, wrap(CodeProviderUnavailable, err, "connection %s kept changing while being stored; try again", conn.Key)
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil, wrap(CodeProviderUnavailable, ctx.Err(), "connection %s kept changing while being stored; try again", conn.Key)
+		case <-time.After(pause + b.jitter(pause)):
 		}
 		old = w.Existing
 		switch {

@@ -72,6 +72,9 @@ const (
 	// (SinaCloud's unauthorized_client) is remembered before a refresh asks
 	// again: the operator may have been granted the permission meanwhile.
 	DenialMemory = time.Hour
+	// maxArrivalAge bounds how old a request's arrival time may be: API
+	// Gateway gives up on a function after 30 s.
+	maxArrivalAge = 30 * time.Second
 	// stableForceSpacing: WeChat ignores a forced stable_token call within
 	// 30 s of the last one.
 	stableForceSpacing = 30 * time.Second
@@ -236,21 +239,27 @@ func (r *liveRing) Open(sealed, binding string) (string, error) {
 	if known {
 		return "", err
 	}
-	defer func() {
-		if fresh := r.ring.Load(); !slices.Contains(fresh.KeyIDs(), kid) {
-			r.mu.Lock()
-			if r.missing == nil || len(r.missing) > 64 {
-				r.missing = map[string]*sealing.Ring{}
-			}
-			r.missing[kid] = fresh
-			r.mu.Unlock()
-		}
-	}()
+	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	snap, rerr := r.b.Config.Reload(ctx)
 	if rerr != nil {
 		return "", err
+	}
+	if !snap.LoadedAt.Before(began) {
+		// Only a load that read SSM after this value was met says the key
+		// is gone (a reload inside the loader's spacing, or one whose read
+		// failed, hands back the cached snapshot).
+		defer func() {
+			if fresh := r.ring.Load(); !slices.Contains(fresh.KeyIDs(), kid) {
+				r.mu.Lock()
+				if r.missing == nil || len(r.missing) > 64 {
+					r.missing = map[string]*sealing.Ring{}
+				}
+				r.missing[kid] = fresh
+				r.mu.Unlock()
+			}
+		}()
 	}
 	if _, rerr := r.b.adopt(snap); rerr != nil {
 		return "", err

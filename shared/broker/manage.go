@@ -215,6 +215,10 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 		return e.store.PrepareReplace(conn, pre, notices...)
 	})
 	if err != nil {
+		if ErrorCode(err) == CodeConflict {
+			b.log().WarnContext(ctx, "import refused: the connection exists and replace was not asked", "audit", true, "caller", req.Caller,
+				"provider", req.Key.Provider, "connection", req.Key.Connection)
+		}
 		return nil, false, err
 	}
 	b.log().InfoContext(ctx, "connection imported", "audit", true, "caller", req.Caller, "provider", req.Key.Provider,

@@ -17,6 +17,12 @@ var errQuota = errors.New("quota guard")
 // UTC+8.
 var chinaStandardTime = time.FixedZone("CST", 8*3600)
 
+// nextChinaDay is when WeChat's next day (and its daily quotas) begins.
+func nextChinaDay(now time.Time) time.Time {
+	d := now.In(chinaStandardTime)
+	return time.Date(d.Year(), d.Month(), d.Day()+1, 0, 0, 0, 0, chinaStandardTime)
+}
+
 // quotaGuard counts WeChat cgi-bin/token calls per AppID (however many
 // provider names share it, they share WeChat's quota) per WeChat day, and
 // refuses before the budget is gone. stable_token has its own generous
@@ -79,12 +85,19 @@ func (b *Broker) forceStable(ctx context.Context, e *env, c *store.Connection, h
 	var soon *store.TooSoonError
 	switch {
 	case errors.As(err, &soon):
+		// Another name or instance forced a new token a moment ago: normal
+		// mode may already hand that one out.
+		pctx, pcancel := context.WithDeadline(context.WithoutCancel(ctx), b.wallClock(b.now().Add(b.budget().Provider)))
+		ts, terr := e.client.MachineToken(pctx)
+		pcancel()
+		if terr == nil && ts.AccessToken != "" && ts.AccessToken != c.AccessToken {
+			return ts, nil
+		}
 		return nil, retryLater(soon.Next, now, errForceLimit, "WeChat replaced AppID %s's token less than %v ago and ignores a forced refresh sooner; try again at %s",
 			e.cfg.ClientID, stableForceSpacing, soon.Next.Format(time.RFC3339))
 	case errors.Is(err, store.ErrQuotaExhausted):
 		b.Metrics.Count(telemetry.QuotaRefused, 1, map[string]string{"Provider": e.cfg.Name})
-		midnight := time.Date(day.Year(), day.Month(), day.Day()+1, 0, 0, 0, 0, chinaStandardTime)
-		return nil, retryLater(midnight, now, errForceLimit, "the %d forced stable_token calls allowed today for AppID %s are spent (stable_force_budget); they resume at 00:00 China Standard Time",
+		return nil, retryLater(nextChinaDay(now), now, errForceLimit, "the %d forced stable_token calls allowed today for AppID %s are spent (stable_force_budget); they resume at 00:00 China Standard Time",
 			e.cfg.StableForceBudget, e.cfg.ClientID)
 	case err != nil:
 		return nil, err

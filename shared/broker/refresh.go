@@ -74,6 +74,12 @@ func (b *Broker) refreshHeld(ctx context.Context, e *env, c *store.Connection, h
 	now = b.now()
 	next.Status, next.Attempts, next.LastError, next.LastErrorAt, next.RefreshedAt = store.StatusActive, 0, "", time.Time{}, now
 	next.RefreshDenied, next.RetryAt = "", time.Time{}
+	if next.AccessToken == c.AccessToken && !c.RefreshedAt.IsZero() {
+		// The same token handed back (stable_token before its last five
+		// minutes): it was not issued now, and no forced request waiting
+		// for a new one may take it for one.
+		next.RefreshedAt = c.RefreshedAt
+	}
 	unusable := fitForStorage(&next)
 	if unusable != "" {
 		// The grant (its rotated refresh token above all) is stored; the
@@ -255,6 +261,11 @@ func (b *Broker) refreshFailed(ctx context.Context, e *env, c *store.Connection,
 	// nothing, and the short one lets a passing fault cost seconds.
 	f := store.Failure{Message: describe(cause), Attempts: attempts, RetryAt: now.Add(b.shortDelay(attempts)),
 		FailingNotified: c.FailingNotified}
+	if errors.Is(cause, errQuota) {
+		// The daily budget is spent: nothing is allowed before WeChat's
+		// next day, however short the backoff.
+		f.RetryAt = nextChinaDay(now)
+	}
 	f.NextAttempt = f.RetryAt
 	if usable(e.cfg, c, 0, now) {
 		f.NextAttempt = now.Add(b.retryDelay(attempts, c.ExpiresAt, now))

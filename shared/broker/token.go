@@ -36,8 +36,15 @@ type TokenRequest struct {
 	// token request would be, with no provider call: someone already
 	// replaced the rejected one.
 	Rejected string
+	// Arrived is when the request arrived (API Gateway's timeEpoch); zero
+	// means when Token was called. A forced refresh without Rejected is
+	// satisfied by a token stored after it, whoever refreshed.
+	Arrived time.Time
 	// Caller is the IAM ARN, for the audit line.
 	Caller string
+
+	// seen is the access token this request first read.
+	seen string
 }
 
 // Token returns a token valid for at least req.MinTTL, refreshing first
@@ -57,6 +64,13 @@ func (b *Broker) Token(ctx context.Context, req TokenRequest) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An arrival time is believed only within the 30 s API Gateway waits
+	// for a function: a stale or future one (a replayed or hand-made
+	// event) would let a forced refresh take a token it means to replace.
+	if now := b.now(); req.Arrived.After(now) || req.Arrived.Before(now.Add(-maxArrivalAge)) {
+		req.Arrived = now
+	}
+	req.Arrived = req.Arrived.Truncate(time.Millisecond) // as stored
 	if e.cfg.Machine() && req.Key.Connection != MachineConnection {
 		return nil, Errorf(CodeNotFound, "provider %q has only the connection %q", req.Key.Provider, MachineConnection)
 	}
@@ -195,8 +209,14 @@ func (b *Broker) decide(ctx context.Context, e *env, c *store.Connection, req To
 	// even if the provider's lifetime is shorter than min_ttl, rather than
 	// refresh again. It also keeps a forced request's word: that token was
 	// issued after the request arrived.
-	if c.Fence() != start && c.Status == store.StatusActive &&
-		c.LastError == "" && c.AccessToken != "" && (c.ExpiresAt.IsZero() || c.ExpiresAt.After(now)) {
+	fresh := c.Status == store.StatusActive && c.LastError == "" && c.AccessToken != "" && (c.ExpiresAt.IsZero() || c.ExpiresAt.After(now))
+	if fresh && c.Fence() != start && !(req.Force && c.AccessToken == req.seen) {
+		return serve, nil
+	}
+	// A forced request naming no token is also satisfied by a token stored
+	// after it arrived, though before it first read (a slow read, or a
+	// sandbox that took the request from a queue).
+	if fresh && req.Force && req.Rejected == "" && c.RefreshedAt.After(req.Arrived) {
 		return serve, nil
 	}
 	force := req.Force
@@ -265,6 +285,7 @@ func sameToken(stored, named string) bool {
 // the time to finish what it starts.
 func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, req TokenRequest) (*store.Connection, error) {
 	start := c.Fence()
+	req.seen = c.AccessToken
 	wait := 20 * time.Millisecond
 	contended := false
 	var waitUntil time.Time
@@ -347,10 +368,15 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 			if !req.Force && usable(e.cfg, next, 0, now) {
 				return next, nil
 			}
+			if req.Force && next.RefreshDenied != "" {
+				// The provider will not replace the token this caller says
+				// does not work; waiting brings nothing.
+				return nil, Errorf(CodeProviderError, "%s", next.RefreshDenied)
+			}
 			if now.Before(next.RetryAt) {
 				return nil, retryLater(next.RetryAt, now, nil, "refreshing %s failed: %s", c.Key, next.LastError)
 			}
-			return nil, Errorf(CodeProviderUnavailable, "refreshing %s failed: %s", c.Key, next.LastError)
+			// The backoff has already run out: look again (and maybe try).
 		}
 		c = next
 	}

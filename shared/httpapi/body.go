@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
@@ -90,12 +92,18 @@ func walkObject(dec *json.Decoder, allowed map[string]bool, depth int) error {
 			return errors.New("not JSON")
 		}
 		key, _ := tok.(string)
+		// A key the caller wrote is named only where it is one of the
+		// allowed fields: an unknown one may be anything, a token pasted in
+		// the wrong place included, and error text reaches the log.
+		if seen[key] && allowed[key] {
+			return fmt.Errorf("the key %q appears twice", key)
+		}
 		if seen[key] {
-			return fmt.Errorf("the key %.40q appears twice", key)
+			return errors.New("a key appears twice")
 		}
 		seen[key] = true
 		if allowed != nil && !allowed[key] {
-			return fmt.Errorf("unknown field %.40q", key)
+			return fmt.Errorf("a field other than %s", strings.Join(slices.Sorted(maps.Keys(allowed)), ", "))
 		}
 		if err := walkValue(dec, depth); err != nil {
 			return err

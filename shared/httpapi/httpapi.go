@@ -121,6 +121,8 @@ type request struct {
 	IsBase64Encoded       bool              `json:"isBase64Encoded"`
 	RequestContext        struct {
 		DomainName string `json:"domainName"`
+		// TimeEpoch is when API Gateway received the request, in ms.
+		TimeEpoch int64 `json:"timeEpoch"`
 		HTTP       struct {
 			Method string `json:"method"`
 		} `json:"http"`
@@ -457,6 +459,15 @@ func htmlHeaders() map[string]string {
 	}
 }
 
+// arrived is when API Gateway received the request (zero when the event
+// does not say): a forced refresh is satisfied by a token stored after it.
+func (r *request) arrived() time.Time {
+	if r.RequestContext.TimeEpoch <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(r.RequestContext.TimeEpoch)
+}
+
 // Connections serves the token function's routes: GET …/token, GET status,
 // POST …/refresh and DELETE.
 func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Response, error) {
@@ -488,17 +499,16 @@ func (h *Handler) Connections(ctx context.Context, raw json.RawMessage) (Respons
 		return h.token(ctx, broker.TokenRequest{Key: key, MinTTL: minTTL, Caller: caller}), nil
 	case routeRefresh:
 		var in struct {
-			RejectedToken *string `json:"rejected_token"`
+			RejectedToken json.RawMessage `json:"rejected_token"`
 		}
 		if err := readJSON(ev, &in, `{"rejected_token":"…"}`); err != nil {
 			return h.errorResponse(ctx, err), nil
 		}
-		req := broker.TokenRequest{Key: key, MinTTL: broker.DefaultMinTTL, Force: true, Caller: caller}
+		req := broker.TokenRequest{Key: key, MinTTL: broker.DefaultMinTTL, Force: true, Caller: caller, Arrived: ev.arrived()}
 		if in.RejectedToken != nil {
-			if *in.RejectedToken == "" {
-				return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "rejected_token must be the access token the caller saw rejected; send no body to force a refresh without naming one")), nil
+			if json.Unmarshal(in.RejectedToken, &req.Rejected) != nil || req.Rejected == "" {
+				return h.errorResponse(ctx, broker.Errorf(broker.CodeBadRequest, "rejected_token must be the access token (a string) the caller saw rejected; send no body to force a refresh without naming one")), nil
 			}
-			req.Rejected = *in.RejectedToken
 		}
 		return h.token(ctx, req), nil
 	case routeStatus:

@@ -315,3 +315,52 @@ func TestImportReplacePrecondition(t *testing.T) {
 		}
 	}
 }
+
+// review2: spellings of "replace" and of extra that are not
+// the documented ones never reach the core; a 409's body names no token.
+func TestImportReviewImportBodyTricks(t *testing.T) {
+	var got []broker.ImportRequest
+	core := &fakeCore{imp: func(r broker.ImportRequest) (*broker.Status, bool, error) {
+		got = append(got, r)
+		if !r.Replace {
+			return nil, false, broker.Errorf(broker.CodeConflict, "connection exists")
+		}
+		return &broker.Status{Key: r.Key, Status: store.StatusActive}, false, nil
+	}}
+	h := &httpapi.Handler{Core: core}
+	for _, tc := range []struct {
+		body   string
+		status int
+	}{
+		{`{"access_token":"SECRET-AT-0123456789","Replace":true}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","REPLACE":true}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","replace":"true"}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","replace":1}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","replace":true,"replace":false}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","replace":false,"replace":true}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","Extra":{"sub":"x"},"replace":true}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","extra":{"sub":"x","sub":"y"},"replace":true}`, 400},
+		{`{"access_token":"SECRET-AT-0123456789","replace":null}`, 409},
+		{`{"access_token":"SECRET-AT-0123456789"}`, 409},
+	} {
+		got = nil
+		ev := loadEvent(t, "authorize.json")
+		ev["body"] = tc.body
+		ev["rawPath"] = "/connections/oauth2/alice"
+		ev["pathParameters"] = map[string]any{"provider": "oauth2", "connection": "alice"}
+		ev["requestContext"].(map[string]any)["http"].(map[string]any)["method"] = "PUT"
+		resp, err := h.Connections(context.Background(), marshal(t, ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: %d %s, want %d", tc.body, resp.StatusCode, resp.Body, tc.status)
+		}
+		if tc.status == 400 && len(got) != 0 {
+			t.Errorf("%s: reached the core: %+v", tc.body, got)
+		}
+		if strings.Contains(resp.Body, "SECRET-AT") {
+			t.Errorf("%s: answer holds the token: %s", tc.body, resp.Body)
+		}
+	}
+}

@@ -124,6 +124,10 @@ type connectionItem struct {
 	FailingNotified  bool              `dynamodbav:"failing_notified,omitempty"`
 	RefreshDenied    string            `dynamodbav:"refresh_denied,omitempty"`
 	RetryAtMs        int64             `dynamodbav:"retry_at,omitempty"`
+	// RefreshedAtMs is refreshed_at to the millisecond (refreshed_at stays
+	// in seconds for what reads it): a forced refresh compares it with
+	// when the request arrived.
+	RefreshedAtMs int64 `dynamodbav:"refreshed_ms,omitempty"`
 }
 
 const (
@@ -178,6 +182,9 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 	}
 	if !c.RetryAt.IsZero() {
 		it.RetryAtMs = c.RetryAt.UnixMilli()
+	}
+	if !c.RefreshedAt.IsZero() {
+		it.RefreshedAtMs = c.RefreshedAt.UnixMilli()
 	}
 	if !c.RefreshAt.IsZero() && c.Status != StatusNeedsReauth {
 		it.RefreshAt = c.RefreshAt.Unix()
@@ -267,6 +274,9 @@ func (it *connectionItem) clear() *Connection {
 	}
 	if it.RetryAtMs != 0 {
 		c.RetryAt = time.UnixMilli(it.RetryAtMs).UTC()
+	}
+	if it.RefreshedAtMs != 0 {
+		c.RefreshedAt = time.UnixMilli(it.RefreshedAtMs).UTC()
 	}
 	return c
 }

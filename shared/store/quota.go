@@ -30,8 +30,8 @@ func validCounter(s string) bool {
 // whatever provider names use it); day is the budget's own calendar day
 // (WeChat's resets at midnight China Standard Time), as "2006-01-02". When
 // the budget is spent it returns ErrQuotaExhausted and counts nothing: the
-// call must not be made. A retried count may count twice, which errs on
-// the side of the quota.
+// call must not be made. A count whose answer was lost and that the SDK
+// sent again recognises itself (the write carries an id) and counts once.
 func (s *Store) CountCall(ctx context.Context, counter, day string, budget int) (int, error) {
 	return s.CountSpacedCall(ctx, counter, day, budget, time.Time{}, 0)
 }
@@ -52,6 +52,13 @@ func (e *TooSoonError) Error() string {
 // 30 s of the last): a call less than spacing after the last counted one
 // is refused with a *TooSoonError and counts nothing. now is the caller's
 // clock; spacing 0 counts as CountCall does.
+//
+// The last call's time is kept in an item of its own that does not roll
+// over with the day, so the spacing holds across midnight; it is claimed
+// first, so a refused spacing spends no budget (a spent budget after a
+// claimed spacing only delays the next try). Both writes carry an id and
+// recognise their own applied retry, so an answer lost on the way back
+// neither counts twice nor refuses its own call as too soon.
 func (s *Store) CountSpacedCall(ctx context.Context, counter, day string, budget int, now time.Time, spacing time.Duration) (int, error) {
 	if err := s.check(); err != nil {
 		return 0, err
@@ -60,45 +67,84 @@ func (s *Store) CountSpacedCall(ctx context.Context, counter, day string, budget
 	if !validCounter(counter) || budget <= 0 || err != nil {
 		return 0, fmt.Errorf("%w: quota needs a valid counter, a day and a positive budget", ErrInvalid)
 	}
-	pk := "quota#" + counter + "#" + day
+	id := NewWriteID()
+	if spacing > 0 {
+		if err := s.claimSpacing(ctx, counter, id, now, spacing); err != nil {
+			return 0, err
+		}
+	}
 	cond := expression.Or(expression.AttributeNotExists(expression.Name("calls")),
 		expression.Name("calls").LessThan(expression.Value(budget)))
 	upd := expression.Add(expression.Name("calls"), expression.Value(1)).
 		Set(expression.Name("type"), expression.Value("quota")).
+		Set(expression.Name("last_id"), expression.Value(id)).
 		Set(expression.Name("ttl"), expression.Value(d.Add(72*time.Hour).Unix()))
-	if spacing > 0 {
-		cond = cond.And(expression.Or(expression.AttributeNotExists(expression.Name("last_ms")),
-			expression.Name("last_ms").LessThanEqual(expression.Value(now.Add(-spacing).UnixMilli()))))
-		upd = upd.Set(expression.Name("last_ms"), expression.Value(now.UnixMilli()))
+	var got struct {
+		Calls  int    `dynamodbav:"calls"`
+		LastID string `dynamodbav:"last_id"`
 	}
-	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
-	if err != nil {
+	err = s.conditionalCount(ctx, "quota#"+counter+"#"+day, cond, upd, &got)
+	switch {
+	case errors.Is(err, errConditionFailed) && got.LastID == id:
+		return got.Calls, nil // our own count, applied by an earlier attempt
+	case errors.Is(err, errConditionFailed):
+		return budget, fmt.Errorf("%w: %s used %d of %d calls on %s", ErrQuotaExhausted, counter, budget, budget, day)
+	case err != nil:
 		return 0, err
 	}
-	out, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+	return got.Calls, nil
+}
+
+// claimSpacing records now as the last call of counter unless the last
+// one was less than spacing ago (a *TooSoonError).
+func (s *Store) claimSpacing(ctx context.Context, counter, id string, now time.Time, spacing time.Duration) error {
+	cond := expression.Or(expression.AttributeNotExists(expression.Name("last_ms")),
+		expression.Name("last_ms").LessThanEqual(expression.Value(now.Add(-spacing).UnixMilli())))
+	upd := expression.Set(expression.Name("last_ms"), expression.Value(now.UnixMilli())).
+		Set(expression.Name("last_id"), expression.Value(id)).
+		Set(expression.Name("type"), expression.Value("quota")).
+		Set(expression.Name("ttl"), expression.Value(now.Add(48*time.Hour).Unix()))
+	var got struct {
+		LastMs int64  `dynamodbav:"last_ms"`
+		LastID string `dynamodbav:"last_id"`
+	}
+	err := s.conditionalCount(ctx, "quota#"+counter+"#last", cond, upd, &got)
+	switch {
+	case errors.Is(err, errConditionFailed) && got.LastID == id:
+		return nil
+	case errors.Is(err, errConditionFailed):
+		return &TooSoonError{Next: time.UnixMilli(got.LastMs).Add(spacing).UTC()}
+	}
+	return err
+}
+
+// conditionalCount applies upd to pk under cond and decodes into out the
+// item as written, or, when the condition failed (errConditionFailed), as
+// it stood.
+func (s *Store) conditionalCount(ctx context.Context, pk string, cond expression.ConditionBuilder, upd expression.UpdateBuilder, out any) error {
+	e, err := buildExpr(expression.NewBuilder().WithCondition(cond).WithUpdate(upd))
+	if err != nil {
+		return err
+	}
+	res, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName: aws.String(s.Table), Key: keyAttr(pk),
 		ConditionExpression: e.Condition(), UpdateExpression: e.Update(),
 		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-		ReturnValues:                        "UPDATED_NEW",
+		ReturnValues:                        types.ReturnValueAllNew,
 		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
 	})
-	var got struct {
-		Calls  int   `dynamodbav:"calls"`
-		LastMs int64 `dynamodbav:"last_ms"`
-	}
 	var ccf *types.ConditionalCheckFailedException
 	if errors.As(err, &ccf) {
-		_ = attributevalue.UnmarshalMap(ccf.Item, &got)
-		if got.Calls < budget && spacing > 0 {
-			return got.Calls, &TooSoonError{Next: time.UnixMilli(got.LastMs).Add(spacing).UTC()}
+		if uerr := attributevalue.UnmarshalMap(ccf.Item, out); uerr != nil {
+			return fmt.Errorf("%w: quota counter: %v", ErrCorrupt, uerr)
 		}
-		return budget, fmt.Errorf("%w: %s used %d of %d calls on %s", ErrQuotaExhausted, counter, budget, budget, day)
+		return errConditionFailed
 	}
 	if err != nil {
-		return 0, fmt.Errorf("store: count call %s: %w", counter, err)
+		return fmt.Errorf("store: count call %s: %w", pk, err)
 	}
-	if err := attributevalue.UnmarshalMap(out.Attributes, &got); err != nil {
-		return 0, fmt.Errorf("%w: quota counter: %v", ErrCorrupt, err)
+	if err := attributevalue.UnmarshalMap(res.Attributes, out); err != nil {
+		return fmt.Errorf("%w: quota counter: %v", ErrCorrupt, err)
 	}
-	return got.Calls, nil
+	return nil
 }

@@ -453,10 +453,21 @@ func (s *Store) PrepareFailure(k Key, expect Fence, f Failure, notices ...Notice
 	if f.NextAttempt.IsZero() {
 		upd = upd.Remove(expression.Name("refresh_at")).Remove(expression.Name("due_shard"))
 	} else {
-		upd = upd.Set(expression.Name("refresh_at"), expression.Value(f.NextAttempt.Unix())).
+		upd = upd.Set(expression.Name("refresh_at"), expression.Value(ceilUnix(f.NextAttempt))).
 			Set(expression.Name("due_shard"), expression.Value(s.dueShard(k)))
 	}
 	return s.conditionalUpdate(s.newWrite("record failure", k, expect), fenceCondition(expect), upd, notices)
+}
+
+// ceilUnix is t in whole seconds, rounded up: the due index compares
+// refresh_at with the refresher's now in seconds, and a connection must
+// not look due before its time (a short backoff ends mid-second).
+func ceilUnix(t time.Time) int64 {
+	s := t.Unix()
+	if t.After(time.Unix(s, 0)) {
+		s++
+	}
+	return s
 }
 
 // PrepareNeedsReauth prepares setting the connection to needs_reauth at
