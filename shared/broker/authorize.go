@@ -370,7 +370,6 @@ func exchangeError(err error) error {
 	return wrap(CodeProviderError, err, "the provider refused the code (%s: %s); start the authorization again", pe.Code, pe.Message)
 }
 
-
 // grantWrite prepares the write that stores a new grant under pre, with
 // the notices announcing it.
 type grantWrite func(pre store.Precondition, notices []store.Notice) (*store.Write, error)

@@ -560,7 +560,6 @@ func TestImportReviewRefusedImportAudited(t *testing.T) {
 	t.Errorf("no audit line names the caller whose import was refused")
 }
 
-
 // Look-alikes of a victim's principal: none normalises to it except the
 // victim role's own sessions.
 func TestImportReviewPrincipalLookalikes(t *testing.T) {
@@ -601,7 +600,6 @@ func TestImportReviewPrincipalLookalikes(t *testing.T) {
 		}
 	}
 }
-
 
 // A callback replacing an announced streak through lost answers and
 // throttles: one Authorized, one Recovered, and revocations exactly where
@@ -722,4 +720,3 @@ func TestImportReviewRefreshAndReplaceRecoveredOnce(t *testing.T) {
 		}
 	}
 }
-

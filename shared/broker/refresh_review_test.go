@@ -651,4 +651,3 @@ func TestRefreshReviewForcedWaiterOnADenial(t *testing.T) {
 		t.Fatalf("waiter: %v (Retry-After %v); holder: %v", errW, broker.RetryAfter(errW), errH)
 	}
 }
-

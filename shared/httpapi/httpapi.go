@@ -123,7 +123,7 @@ type request struct {
 		DomainName string `json:"domainName"`
 		// TimeEpoch is when API Gateway received the request, in ms.
 		TimeEpoch int64 `json:"timeEpoch"`
-		HTTP       struct {
+		HTTP      struct {
 			Method string `json:"method"`
 		} `json:"http"`
 		Authorizer *struct {
