@@ -26,39 +26,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
 )
 
-// descendants lists every process below pid, from /proc.
-func descendants(pid int) []int {
-	parent := map[int]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …; comm may hold spaces, so cut after ')'.
-		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(fields) > 1 {
-			parent[p], _ = strconv.Atoi(fields[1])
-		}
-	}
-	var out []int
-	var walk func(int)
-	walk = func(p int) {
-		for child, pp := range parent {
-			if pp == p {
-				out = append(out, child)
-				walk(child)
-			}
-		}
-	}
-	walk(pid)
-	return out
-}
-
 func alive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil {
 		return false
@@ -288,7 +255,7 @@ tick:
 	}
 
 	// Ctrl-C stops every process it started.
-	children := descendants(cmd.Process.Pid)
+	children := devstack.Descendants(cmd.Process.Pid)
 	if len(children) < 6 { // java, moto, and the function sandboxes at least
 		t.Fatalf("only %d child processes found: %v", len(children), children)
 	}
