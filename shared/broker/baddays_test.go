@@ -181,11 +181,12 @@ func TestForcedStableTokenRefreshKeepsWeChatsLimits(t *testing.T) {
 	if err != nil || t2.AccessToken == t1.AccessToken || calls() != 3 || !wx.ValidGlobal(t2.AccessToken) {
 		t.Fatalf("forced refresh: %v, %d calls, want 3 (normal, then forced)", err, calls())
 	}
-	// Within 30 s of that force: normal mode only, then 503 with Retry-After.
+	// Within 30 s of that force: normal mode (twice: the second in case
+	// another name forced meanwhile), then 503 with Retry-After.
 	f.clock.Add(10 * time.Second)
 	_, err = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: t2.AccessToken})
-	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || calls() != 4 {
-		t.Fatalf("forced within 30 s: %v, %d calls, want 4", err, calls())
+	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || calls() != 5 || wx.StableStats().Forced != 1 {
+		t.Fatalf("forced within 30 s: %v, %d calls, want 5 with 1 forced", err, calls())
 	}
 	if wait := broker.RetryAfter(err); wait < 19*time.Second || wait > 20*time.Second {
 		t.Fatalf("Retry-After %v, want the 20 s left of WeChat's spacing", wait)
@@ -193,13 +194,13 @@ func TestForcedStableTokenRefreshKeepsWeChatsLimits(t *testing.T) {
 	// After it: the second and last force of the day (budget 2).
 	f.clock.Add(21 * time.Second)
 	t3, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: t2.AccessToken})
-	if err != nil || t3.AccessToken == t2.AccessToken || calls() != 6 {
-		t.Fatalf("second force: %v, %d calls, want 6", err, calls())
+	if err != nil || t3.AccessToken == t2.AccessToken || calls() != 7 || wx.StableStats().Forced != 2 {
+		t.Fatalf("second force: %v, %d calls, want 7 with 2 forced", err, calls())
 	}
 	f.clock.Add(time.Minute)
 	_, err = f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true, Rejected: t3.AccessToken})
-	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || calls() != 7 || broker.RetryAfter(err) < time.Hour {
-		t.Fatalf("past the budget: %v (retry after %v), %d calls, want 7", err, broker.RetryAfter(err), calls())
+	if broker.ErrorCode(err) != broker.CodeProviderUnavailable || calls() != 8 || wx.StableStats().Forced != 2 || broker.RetryAfter(err) < time.Hour {
+		t.Fatalf("past the budget: %v (retry after %v), %d calls, want 8 with 2 forced", err, broker.RetryAfter(err), calls())
 	}
 	// The token is still served to plain requests, and still the same one.
 	if tok, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); err != nil || tok.AccessToken != t3.AccessToken {

@@ -627,18 +627,25 @@ func TestRefreshReviewRotationKeptWhateverTheFraming(t *testing.T) {
 func TestRefreshReviewForcedWaiterOnADenial(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	stack.Sina.SetClock(f.clock.Now)
-	k := store.Key{Provider: devstack.SinaCloud, Connection: localaws.UniqueName("denw")}
+	// A SinaCloud of its own: nothing else may take the injected fault.
+	name := localaws.UniqueName("sinadenw")
+	sina := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, "https://broker.test/callback/"+name)
+	sina.SetClock(f.clock.Now)
+	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": startServer(t, sina)}, devstack.SinaSecret); err != nil {
+		t.Fatal(err)
+	}
+	f.freshConfig()
+	k := store.Key{Provider: name, Connection: "denw"}
 	f.authorize(t, k)
 	other := f.sibling(t)
 	gate := make(chan struct{})
 	denial := emulator.OAuthError(http.StatusBadRequest, "unauthorized_client", "no refresh permission")
 	denial.Gate = gate
-	before := stack.Sina.Calls("/oauth2/access_token")
-	stack.Sina.Inject("/oauth2/access_token", denial, 1)
+	before := sina.Calls("/oauth2/access_token")
+	sina.Inject("/oauth2/access_token", denial, 1)
 	holder := make(chan error, 1)
 	go func() { _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); holder <- err }()
-	inFlight(t, stack.Sina, "/oauth2/access_token", before+1)
+	inFlight(t, sina, "/oauth2/access_token", before+1)
 	waiter := make(chan error, 1)
 	go func() { _, err := other.Token(ctx, broker.TokenRequest{Key: k, Force: true}); waiter <- err }()
 	time.Sleep(500 * time.Millisecond)

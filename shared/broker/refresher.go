@@ -162,7 +162,9 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 		go func() {
 			defer readers.Done()
 			err := c.store.ScanDueFrom(ctx, name, now, b.firstShard(), func(d *store.DueItem) error { return enqueue(q, d, true) })
-			if err != nil && !errors.Is(err, errStopped) {
+			// A tick whose time ran out while reading the index stops there;
+			// what it did not read is due next tick.
+			if err != nil && !errors.Is(err, errStopped) && ctx.Err() == nil {
 				errs <- err
 			}
 		}()
