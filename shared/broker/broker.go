@@ -108,8 +108,8 @@ type Broker struct {
 	// HomeRegion, when set and not Region, makes this deployment a replica
 	// that never calls a provider (region.go).
 	HomeRegion, Region string
-	Now                 func() time.Time
-	Rand                io.Reader
+	Now                func() time.Time
+	Rand               io.Reader
 
 	owner     string
 	ownerOnce sync.Once
