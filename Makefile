@@ -13,7 +13,7 @@ GO_BUILD      := GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.
 EVENT         ?= events/token.json
 
 # LogicalId in template.yaml → folder under functions/
-FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher
+FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher RefreshWorkerFunction:worker
 fn_dir         = $(word 2,$(subst :, ,$(filter $(1):%,$(FUNCTIONS))))
 LOGICAL_IDS   := $(foreach f,$(FUNCTIONS),$(firstword $(subst :, ,$(f))))
 BUILD_TARGETS := $(addprefix build-,$(LOGICAL_IDS))
@@ -24,12 +24,12 @@ MAX_FILE_SIZE := 1048576
 
 all: build
 
-## build: all four bootstraps for Lambda (linux/arm64) under .build/<LogicalId>/
+## build: all five bootstraps for Lambda (linux/arm64) under .build/<LogicalId>/
 build:
 	@for id in $(LOGICAL_IDS); do $(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-$$id ARTIFACTS_DIR="$(ROOT)/.build/$$id" || exit 1; done
 
 ## build-<LogicalId>: what `sam build` calls (BuildMethod: makefile); writes $(ARTIFACTS_DIR)/bootstrap.
-## A static pattern rule over the four ids, all phony: it always builds, even
+## A static pattern rule over the five ids, all phony: it always builds, even
 ## where a file named build-TokenFunction exists (a plain `build-%` pattern
 ## rule would then say "Nothing to be done", exit 0, and SAM would ship an
 ## empty artifact).
@@ -124,7 +124,7 @@ dev: deps
 	$(GO) run ./shared/local/cmd/dev
 
 ## invoke-<fn>: run the real bootstrap of <fn> (authorize, callback, token,
-## refresher) with EVENT=events/….json against a throwaway local stack
+## refresher, worker) with EVENT=events/….json against a throwaway local stack
 invoke-%: deps
 	@mkdir -p .build/local
 	CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -o .build/local/$*/bootstrap ./functions/$*
