@@ -26,7 +26,8 @@ import (
 // (UnitClaim while queued, then the worker's own deadline while worked)
 // no tick queues it again. A worker first takes the claim by its token: a
 // message whose claim ran out and was made anew by a later tick is
-// superseded and dropped without work. A finished unit's claim is removed;
+// superseded and dropped without work. A finished unit's claim is closed
+// (no message's token, UnitSettle more to cover the due index's lag);
 // an unfinished one (deadline, failed read) runs out at once and is
 // reported as a batch item failure; a lost message's claim runs out by
 // itself. Either way the unit is queued again within a tick or two.
@@ -49,6 +50,11 @@ type WorkQueue interface {
 // DefaultUnitClaim is how long a queued unit is not queued again: a few
 // ticks. A worker that takes it extends the claim to its own deadline.
 const DefaultUnitClaim = 5 * time.Minute
+
+// UnitSettle is how long a finished unit is not queued again: the due
+// index (a GSI, eventually consistent) may still show the copies its work
+// replaced, and a tick right after would queue it for nothing.
+const UnitSettle = 10 * time.Second
 
 // probeConcurrency bounds the tick's parallel one-item queries of the due
 // shards.
@@ -160,7 +166,7 @@ func (b *Broker) Dispatch(ctx context.Context) (*Summary, error) {
 			}
 			u := claimed[i]
 			b.log().ErrorContext(ctx, "unit not queued; its claim is released for the next tick", "provider", u.Provider, "shard", u.Shard, "error", err.Error())
-			if rerr := c.store.ReleaseUnit(context.WithoutCancel(ctx), u.Provider, u.Shard, u.Token); rerr != nil {
+			if rerr := c.store.DropClaim(context.WithoutCancel(ctx), u.Provider, u.Shard, u.Token); rerr != nil {
 				b.log().WarnContext(ctx, "unit claim not released; it runs out by itself", "provider", u.Provider, "shard", u.Shard, "error", rerr.Error())
 			}
 			if probeErr == nil {
@@ -260,7 +266,7 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 			sum.Unfinished++
 			err = c.store.LetGoUnit(rctx, u.Provider, u.Shard, u.Token)
 		} else {
-			err = c.store.ReleaseUnit(rctx, u.Provider, u.Shard, u.Token)
+			err = c.store.ReleaseUnit(rctx, u.Provider, u.Shard, u.Token, b.now().Add(UnitSettle))
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			b.log().WarnContext(ctx, "unit claim not let go; it runs out by itself", "provider", u.Provider, "shard", u.Shard, "error", err.Error())

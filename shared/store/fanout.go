@@ -154,9 +154,41 @@ func (s *Store) setUnitUntil(ctx context.Context, provider string, shard int, to
 	return true, nil
 }
 
-// ReleaseUnit removes the claim of a unit whose work is done, if it is
-// still the one with token; a gone or newer claim is left alone.
-func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token string) error {
+// ReleaseUnit ends the claim of a unit whose work is done, if it is still
+// the one with token: the claim now holds no token any message carries
+// (a redelivered message is dropped) and lasts only until settled, which
+// covers the due index's lag (a GSI is eventually consistent: right after
+// the work it may still show the old copies, and a tick would queue the
+// unit again for nothing). A gone or newer claim is left alone.
+func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token string, settled time.Time) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	}
+	e, err := buildExpr(expression.NewBuilder().
+		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithUpdate(expression.Set(expression.Name("unit_token"), expression.Value("done")).
+			Set(expression.Name("unit_until"), expression.Value(settled.UnixMilli()))))
+	if err != nil {
+		return err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
+		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
+		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	var ccf *types.ConditionalCheckFailedException
+	if err != nil && !errors.As(err, &ccf) {
+		return fmt.Errorf("store: release unit %s#%d: %w", provider, shard, err)
+	}
+	return nil
+}
+
+// DropClaim removes a claim whose message was never sent, if it is still
+// the one with token, so the next tick can queue the unit.
+func (s *Store) DropClaim(ctx context.Context, provider string, shard int, token string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
@@ -173,7 +205,7 @@ func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, tok
 	})
 	var ccf *types.ConditionalCheckFailedException
 	if err != nil && !errors.As(err, &ccf) {
-		return fmt.Errorf("store: release unit %s#%d: %w", provider, shard, err)
+		return fmt.Errorf("store: drop unit claim %s#%d: %w", provider, shard, err)
 	}
 	return nil
 }

@@ -112,7 +112,7 @@ var wantItems = map[string]map[string][]string{
 		"conn#*":   {"PutItem", "UpdateItem"},
 		"notice#*": {"DeleteItem", "PutItem"},
 		"quota#*":  {"UpdateItem"},
-		"fanout#*": {"DeleteItem", "UpdateItem"},
+		"fanout#*": {"UpdateItem"},
 	},
 }
 
