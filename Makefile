@@ -119,9 +119,10 @@ check-build:
 bench: deps
 	$(GO) run ./shared/local/cmd/standins -- $(GO) run ./shared/local/cmd/bench -out BENCHMARKS.md $(if $(ONLY),-only "$(ONLY)")
 
-## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it)
+## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it);
+## FANOUT=1 runs the refresher in fan-out mode (SQS in moto, worker instances)
 dev: deps
-	$(GO) run ./shared/local/cmd/dev
+	$(GO) run ./shared/local/cmd/dev $(if $(FANOUT),-fanout)
 
 ## invoke-<fn>: run the real bootstrap of <fn> (authorize, callback, token,
 ## refresher, worker) with EVENT=events/….json against a throwaway local stack

@@ -276,3 +276,39 @@ func (m *Mapping) event(msgs []types.Message) events.SQSEvent {
 	}
 	return ev
 }
+
+// NewQueue creates an SQS queue with a dead-letter queue (maxReceive
+// deliveries, then dead-lettered) and the given visibility timeout, as
+// template.yaml's RefreshQueue: for make dev, the benchmarks and tests.
+// It returns both queues' URLs and the queue's ARN.
+func NewQueue(ctx context.Context, client interface {
+	CreateQueue(context.Context, *sqs.CreateQueueInput, ...func(*sqs.Options)) (*sqs.CreateQueueOutput, error)
+	GetQueueAttributes(context.Context, *sqs.GetQueueAttributesInput, ...func(*sqs.Options)) (*sqs.GetQueueAttributesOutput, error)
+}, name string, visibility time.Duration, maxReceive int) (queueURL, dlqURL, queueARN string, err error) {
+	arn := func(url *string) (string, error) {
+		out, err := client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: url, AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameQueueArn}})
+		if err != nil {
+			return "", fmt.Errorf("lambdarun: queue attributes: %w", err)
+		}
+		return out.Attributes[string(types.QueueAttributeNameQueueArn)], nil
+	}
+	dlq, err := client.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name + "-dlq")})
+	if err != nil {
+		return "", "", "", fmt.Errorf("lambdarun: create dead-letter queue: %w", err)
+	}
+	dlqARN, err := arn(dlq.QueueUrl)
+	if err != nil {
+		return "", "", "", err
+	}
+	redrive, _ := json.Marshal(map[string]any{"deadLetterTargetArn": dlqARN, "maxReceiveCount": maxReceive})
+	q, err := client.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: map[string]string{
+		"VisibilityTimeout": strconv.Itoa(int(visibility / time.Second)), "RedrivePolicy": string(redrive)}})
+	if err != nil {
+		return "", "", "", fmt.Errorf("lambdarun: create queue: %w", err)
+	}
+	qARN, err := arn(q.QueueUrl)
+	if err != nil {
+		return "", "", "", err
+	}
+	return aws.ToString(q.QueueUrl), aws.ToString(dlq.QueueUrl), qARN, nil
+}
