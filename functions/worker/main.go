@@ -20,7 +20,7 @@ func main() {
 		setup.Fail(log, err)
 	}
 	lambda.Start(func(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
-		var resp events.SQSEventResponse
+		resp := events.SQSEventResponse{BatchItemFailures: []events.SQSBatchItemFailure{}}
 		var units []broker.Unit
 		var ids []string
 		for _, m := range ev.Records {
