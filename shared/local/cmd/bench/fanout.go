@@ -145,6 +145,86 @@ func fanOutBound(runs []fanOutRun) string {
 	return "nothing on this machine: every ×4 step scaled by 0.8 or more."
 }
 
+// runFanOut seeds r.backlog due connections over the bench's shards and
+// runs fan-out ticks until the workers have refreshed them all.
+func runFanOut(ctx context.Context, e *benchEnv, r *fanOutRun) error {
+	table, err := e.table(ctx, "bench-fanout")
+	if err != nil {
+		return err
+	}
+	st := &store.Store{DB: e.db, Table: table, Ring: e.ring, Shards: fanOutShards}
+	if err := seedDue(ctx, e, st, r.backlog); err != nil {
+		return err
+	}
+	client := sqs.NewFromConfig(localaws.Config(), func(o *sqs.Options) { o.BaseEndpoint = aws.String(e.stack.Endpoints.SSM) })
+	queueURL, _, queueARN, err := lambdarun.NewQueue(ctx, client, table, 360*time.Second, 5)
+	if err != nil {
+		return err
+	}
+	env := map[string]string{}
+	for k, v := range e.stack.FunctionEnv {
+		env[k] = v
+	}
+	for k, v := range map[string]string{"TABLE_NAME": table, "REFRESH_QUEUE_URL": queueURL, "AWS_ENDPOINT_URL_SQS": e.stack.Endpoints.SSM,
+		"DUE_SHARDS": strconv.Itoa(fanOutShards), "REFRESH_CONCURRENCY": strconv.Itoa(r.concurrent),
+		"PROVIDER_CONCURRENCY": strconv.Itoa(r.concurrent), "LOG_LEVEL": "warn"} {
+		env[k] = v
+	}
+	refresher, err := lambdarun.Start(lambdarun.Config{Bootstrap: e.bootstraps["refresher"], FunctionName: "refresher", Env: env, Timeout: 55 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer refresher.Close()
+	mapping, err := lambdarun.StartMapping(lambdarun.MappingConfig{SQS: client, QueueURL: queueURL, QueueARN: queueARN, BatchSize: 1,
+		MaximumConcurrency: r.instances, ReportBatchItemFailures: true,
+		Function: func() (*lambdarun.Runner, error) {
+			return lambdarun.Start(lambdarun.Config{Bootstrap: e.bootstraps["worker"], FunctionName: "worker", Env: env, Timeout: 60 * time.Second})
+		}})
+	if err != nil {
+		return err
+	}
+	defer mapping.Close()
+	calls, reuses := e.stack.Sina.RefreshCalls(), e.stack.Sina.RefreshReuses()
+	tickEvent := []byte(`{"source":"aws.events","detail-type":"Scheduled Event","detail":{}}`)
+	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.load = strings.Fields(string(raw))[0]
+	}
+	busy0, total0 := cpuTimes()
+	t0 := time.Now()
+	nextTick := t0
+	for e.stack.Sina.RefreshCalls()-calls < r.backlog {
+		if time.Now().After(t0.Add(5 * time.Minute)) {
+			return fmt.Errorf("fan-out with %d instances: %d of %d refreshed after 5 minutes", r.instances, e.stack.Sina.RefreshCalls()-calls, r.backlog)
+		}
+		// The tick is the clock: it queues what is due and not queued. On
+		// AWS it runs every minute; here every 5 s, so a unit handed back
+		// does not wait long.
+		if time.Now().After(nextTick) {
+			if _, err := refresher.Invoke(ctx, tickEvent); err != nil {
+				return fmt.Errorf("tick: %w", err)
+			}
+			r.ticks++
+			nextTick = time.Now().Add(5 * time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.elapsed = time.Since(t0)
+	busy1, total1 := cpuTimes()
+	if total1 > total0 {
+		r.cpuBusy = (busy1 - busy0) / (total1 - total0)
+	}
+	r.calls, r.reuses = e.stack.Sina.RefreshCalls()-calls, e.stack.Sina.RefreshReuses()-reuses
+	r.invokes = mapping.Stats().Invokes
+	if r.calls != r.backlog || r.reuses != 0 {
+		return fmt.Errorf("fan-out with %d instances: %d provider refreshes for %d connections, %d reuses", r.instances, r.calls, r.backlog, r.reuses)
+	}
+	fmt.Fprintf(os.Stderr, "bench: fan-out %d instances: %d in %v (%.0f/s), CPU busy %.0f%%\n", r.instances, r.backlog, r.elapsed.Round(time.Millisecond), r.rate(), 100*r.cpuBusy)
+	return nil
+}
+
+// capacityTable is the published capacity of fan-out mode: connections one
+// deployment keeps fresh at 1 h and 2 h lifetimes for worker concurrency
+// 10, 100 and 1000, with the limit that binds each row.
 func capacityTable(eff, measuredHere float64) string {
 	const (
 		perWorker = 8                  // REFRESH_CONCURRENCY
