@@ -289,7 +289,11 @@ func (b *Broker) sweep(ctx context.Context, c *snapshotCache, units []*unitRun, 
 	workers.Wait()
 	close(errs)
 	sum := t.sum
-	b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
+	if housekeeping {
+		// The tick's duration, against the refresher's timeout; a fan-out
+		// worker's sweeps have their own function and timeout.
+		b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
+	}
 	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
 		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "stale", sum.Stale, "not_started", sum.NotStarted,
 		"broken", sum.Broken, "notices", sum.Notices, "refresh_not_permitted", sum.NotPermitted, "units", len(units))
