@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -442,4 +443,35 @@ func TestFanOutChaosKilledWorkersNeverLoseAGrantSilently(t *testing.T) {
 	visible, inFlight := f.inQueue(t, f.dlq)
 	t.Logf("fan-out chaos: %d kills (%d workers mid-batch), %d ticks, %d tokens served, %d provider refreshes, %d grants lost visibly, %d dead-lettered; mapping %+v",
 		kills.Load(), workerKills.Load(), ticks.Load(), served.Load(), w.emu.RefreshCalls(), lost, visible+inFlight, f.mapping.Stats())
+}
+
+// A deployment outside HOME_REGION, with the real bootstraps: it serves a
+// token still valid, answers 503 naming the home region for one that
+// needs a refresh, and its refresher does nothing; the provider sees no
+// call from it.
+func TestReplicaRegionNeverCallsAProviderEndToEnd(t *testing.T) {
+	w := newSinaWorld(t, "replica", 7*24*time.Hour)
+	k := w.seed(t, 1)[0]
+	env := w.env()
+	env["HOME_REGION"] = "eu-west-1" // the functions run in us-east-1
+	tokenFn := startFunction(t, "token", env)
+	refresher := startFunction(t, "refresher", env)
+	expectStatus(t, tokenOf(t, tokenFn, k.Provider, k.Connection, "min_ttl=0"), 200, "")
+	ageConnection(t, w.table, k.Provider, k.Connection, 30*time.Second)
+	resp := tokenOf(t, tokenFn, k.Provider, k.Connection, "min_ttl=600")
+	expectStatus(t, resp, 503, "provider_unavailable")
+	if msg, _ := resp.json["message"].(string); !strings.Contains(msg, "eu-west-1") {
+		t.Fatalf("the 503 does not name the home region: %s", resp.Body)
+	}
+	sum, err := tick(t, refresher)
+	if err != nil || !sum.NotHome || sum.Due != 0 {
+		t.Fatalf("replica tick %+v %v", sum, err)
+	}
+	if calls := w.emu.Calls("/oauth2/access_token"); calls != 0 {
+		t.Fatalf("the replica made %d provider calls, want 0", calls)
+	}
+	c, err := w.store.Get(context.Background(), k, true)
+	if err != nil || c.LeaseOwner != "" || c.LastError != "" {
+		t.Fatalf("the replica wrote to the connection: lease %q, last error %q, %v", c.LeaseOwner, c.LastError, err)
+	}
 }
