@@ -74,7 +74,7 @@ test: deps hygiene check-build
 
 ## unit: the tests that need no stand-ins
 unit:
-	$(GO) test -race -count=1 ./shared/sealing/ ./shared/provider/ ./shared/httpapi/ ./shared/telemetry/
+	$(GO) test -race -count=1 ./shared/sealing/ ./shared/provider/ ./shared/httpapi/ ./shared/telemetry/ ./shared/workqueue/
 
 ## lint: gofmt, go vet, staticcheck
 lint:
