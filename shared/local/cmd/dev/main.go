@@ -1,6 +1,6 @@
 // Command dev is `make dev`: the whole broker on this machine. It starts
 // DynamoDB Local, moto and the provider emulators, creates the table from
-// template.yaml, seeds demo providers into SSM, builds the four bootstraps
+// template.yaml, seeds demo providers into SSM, builds the bootstraps
 // and runs them under the Runtime API runner behind a local API Gateway on
 // http://127.0.0.1:3000, runs the refresher every minute, and prints what to
 // open and what to curl. Ctrl-C stops everything it started. With -fanout
