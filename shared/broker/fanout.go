@@ -135,6 +135,8 @@ func (b *Broker) Dispatch(ctx context.Context) (*Summary, error) {
 		}()
 	}
 	wg.Wait()
+	// Claims in parallel too: at a thousand due units one after the other
+	// would cost the tick seconds.
 	var claimed []Unit
 	already := 0
 	until := now.Add(b.unitClaim())
@@ -146,17 +148,24 @@ func (b *Broker) Dispatch(ctx context.Context) (*Summary, error) {
 		if err != nil {
 			return nil, wrap(CodeInternal, err, "no randomness for a unit token")
 		}
-		got, err := c.store.ClaimUnit(ctx, cand.provider, cand.shard, token, until, now)
-		if err != nil {
-			probeErr = err
-			continue
-		}
-		if !got {
-			already++
-			continue
-		}
-		claimed = append(claimed, Unit{Provider: cand.provider, Shard: cand.shard, Token: token})
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			got, err := c.store.ClaimUnit(ctx, cand.provider, cand.shard, token, until, now)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				probeErr = err
+			case !got:
+				already++
+			default:
+				claimed = append(claimed, Unit{Provider: cand.provider, Shard: cand.shard, Token: token})
+			}
+		}()
 	}
+	wg.Wait()
 	queued := 0
 	if len(claimed) > 0 {
 		for i, err := range b.Queue.Send(ctx, claimed) {
