@@ -17,7 +17,7 @@ GO_BUILD      := GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.
 EVENT         ?= events/token.json
 
 # LogicalId in template.yaml → folder under functions/
-FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher
+FUNCTIONS     := AuthorizeFunction:authorize CallbackFunction:callback TokenFunction:token RefresherFunction:refresher RefreshWorkerFunction:worker
 fn_dir         = $(word 2,$(subst :, ,$(filter $(1):%,$(FUNCTIONS))))
 LOGICAL_IDS   := $(foreach f,$(FUNCTIONS),$(firstword $(subst :, ,$(f))))
 BUILD_TARGETS := $(addprefix build-,$(LOGICAL_IDS))
@@ -28,12 +28,12 @@ MAX_FILE_SIZE := 1048576
 
 all: build
 
-## build: all four bootstraps for Lambda (linux/arm64) under .build/<LogicalId>/
+## build: all five bootstraps for Lambda (linux/arm64) under .build/<LogicalId>/
 build:
 	@for id in $(LOGICAL_IDS); do $(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-$$id ARTIFACTS_DIR="$(ROOT)/.build/$$id" || exit 1; done
 
 ## build-<LogicalId>: what `sam build` calls (BuildMethod: makefile); writes $(ARTIFACTS_DIR)/bootstrap.
-## A static pattern rule over the four ids, all phony: it always builds, even
+## A static pattern rule over the five ids, all phony: it always builds, even
 ## where a file named build-TokenFunction exists (a plain `build-%` pattern
 ## rule would then say "Nothing to be done", exit 0, and SAM would ship an
 ## empty artifact).
@@ -83,7 +83,7 @@ test: deps hygiene check-build
 
 ## unit: the tests that need no stand-ins
 unit:
-	$(GO) test -race -count=1 ./shared/sealing/ ./shared/provider/ ./shared/httpapi/ ./shared/telemetry/
+	$(GO) test -race -count=1 ./shared/sealing/ ./shared/provider/ ./shared/httpapi/ ./shared/telemetry/ ./shared/workqueue/
 
 ## lint: gofmt, go vet, staticcheck
 lint:
@@ -128,12 +128,13 @@ check-build:
 bench: deps
 	$(GO) run ./shared/local/cmd/standins -- $(GO) run ./shared/local/cmd/bench -out BENCHMARKS.md $(if $(ONLY),-only "$(ONLY)")
 
-## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it)
+## dev: the whole broker on this machine at http://127.0.0.1:3000 (Ctrl-C stops it);
+## FANOUT=1 runs the refresher in fan-out mode (SQS in moto, worker instances)
 dev: deps
-	$(GO) run ./shared/local/cmd/dev
+	$(GO) run ./shared/local/cmd/dev $(if $(FANOUT),-fanout)
 
 ## invoke-<fn>: run the real bootstrap of <fn> (authorize, callback, token,
-## refresher) with EVENT=events/….json against a throwaway local stack
+## refresher, worker) with EVENT=events/….json against a throwaway local stack
 invoke-%: deps
 	@mkdir -p .build/local
 	CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -o .build/local/$*/bootstrap ./functions/$*

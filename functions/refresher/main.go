@@ -1,5 +1,7 @@
-// Command refresher runs on the EventBridge schedule and refreshes every connection
-// whose refresh time has come, returning a JSON summary.
+// Command refresher runs on the EventBridge schedule. In-process mode
+// (the default) it refreshes every connection whose refresh time has come;
+// in fan-out mode (REFRESH_QUEUE_URL set) it queues that work for the
+// worker function. Either way it returns a JSON summary.
 package main
 
 import (
@@ -18,6 +20,6 @@ func main() {
 		setup.Fail(log, err)
 	}
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (*broker.Summary, error) {
-		return b.RefreshDue(ctx)
+		return b.Tick(ctx)
 	})
 }

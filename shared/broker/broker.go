@@ -102,8 +102,17 @@ type Broker struct {
 	Concurrency int
 	// ProviderConcurrency bounds parallel refreshes per provider (0: Concurrency).
 	ProviderConcurrency int
-	Now                 func() time.Time
-	Rand                io.Reader
+	// Queue, when set, is where the scheduled tick hands out the refresh
+	// work (fan-out mode, fanout.go); nil refreshes in-process.
+	Queue WorkQueue
+	// UnitClaim is how long a queued unit is not queued again while its
+	// message waits; DefaultUnitClaim when zero.
+	UnitClaim time.Duration
+	// HomeRegion, when set and not Region, makes this deployment a replica
+	// that never calls a provider (region.go).
+	HomeRegion, Region string
+	Now                func() time.Time
+	Rand               io.Reader
 
 	owner     string
 	ownerOnce sync.Once
@@ -296,6 +305,7 @@ func (b *Broker) envFor(ctx context.Context, name string) (*env, error) {
 		if err != nil {
 			return nil, wrap(CodeInternal, err, "provider %q is misconfigured; see the broker's log", name)
 		}
+		client = b.homeOnly(client)
 		c.clients[name] = client
 	}
 	return &env{store: c.store, cfg: p.Config, client: client}, nil

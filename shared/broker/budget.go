@@ -78,6 +78,10 @@ func (b *Broker) left(ctx context.Context, limit time.Duration) time.Duration {
 // bound, or the invocation's deadline less the reserve. ok is false when
 // that leaves too little time to call the provider and store the result.
 func (b *Broker) hold(ctx context.Context, now time.Time) (deadline time.Time, ok bool) {
+	if !b.IsHome() {
+		// A replica region takes no lease and calls no provider (region.go).
+		return now, false
+	}
 	bg := b.budget()
 	left := b.left(ctx, bg.maxHold())
 	return now.Add(left), left > bg.needed()

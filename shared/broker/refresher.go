@@ -32,6 +32,17 @@ type Summary struct {
 	Broken int `json:"broken"`
 	// Notices counts lifecycle events published for writers that could not.
 	Notices int `json:"notices"`
+	// Queued counts the fan-out units (a provider's due shard) this tick
+	// handed to the queue; AlreadyQueued those it left alone because a
+	// message for them is still queued or being worked.
+	Queued        int `json:"queued,omitempty"`
+	AlreadyQueued int `json:"already_queued,omitempty"`
+	// Unfinished counts the fan-out units a worker hands back (its
+	// deadline came, or a read failed): they are due again at once.
+	Unfinished int `json:"unfinished,omitempty"`
+	// NotHome is set when this deployment's region is not the home
+	// region: it refreshes nothing.
+	NotHome bool `json:"not_home,omitempty"`
 }
 
 type outcome int
@@ -95,11 +106,61 @@ var errStopped = errors.New("refresher: stopping")
 // per provider whatever the backlog. A refresh starts only when, with its
 // slot in hand, the invocation still has the time budget to finish it.
 func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
-	started := b.now()
+	if !b.IsHome() {
+		return b.notHomeSummary(ctx), nil
+	}
 	c, err := b.current(ctx)
 	if err != nil {
 		return nil, err
 	}
+	var units []*unitRun
+	for _, name := range c.providerNames() {
+		units = append(units, &unitRun{provider: name, shard: -1})
+	}
+	return b.sweep(ctx, c, units, true)
+}
+
+// providerNames are the configured providers and those whose
+// configuration is broken (their due connections are reported).
+func (c *snapshotCache) providerNames() []string {
+	names := c.snap.Names()
+	for name := range c.snap.Problems() {
+		names = append(names, name)
+	}
+	return names
+}
+
+// unitRun is one reader's share of a sweep: one provider's whole due index
+// (shard -1, the in-process refresher) or one shard of it (a fan-out unit),
+// with its own count, so a fan-out worker knows which units it finished.
+type unitRun struct {
+	provider string
+	shard    int
+	t        tally
+	err      error
+}
+
+// job is a due connection and the unit it was read for.
+type job struct {
+	d *store.DueItem
+	u *unitRun
+}
+
+// unfinished reports whether the unit left due work behind (the deadline
+// came, or its read failed).
+func (u *unitRun) unfinished() bool {
+	u.t.mu.Lock()
+	defer u.t.mu.Unlock()
+	return u.err != nil || u.t.sum.NotStarted > 0
+}
+
+// sweep refreshes what the units' readers find due, with per-provider
+// queues and workers and the global slots described at RefreshDue; the
+// in-process refresher and each fan-out worker run it. housekeeping adds
+// the legacy shards and the notices left by writers that died, which only
+// the scheduled tick does.
+func (b *Broker) sweep(ctx context.Context, c *snapshotCache, units []*unitRun, housekeeping bool) (*Summary, error) {
+	started := b.now()
 	concurrency := b.Concurrency
 	if concurrency <= 0 {
 		concurrency = defaultConcurrency
@@ -108,97 +169,124 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	if perProvider <= 0 || perProvider > concurrency {
 		perProvider = concurrency
 	}
-	names := c.snap.Names()
-	for name := range c.snap.Problems() {
-		names = append(names, name)
-	}
+	names := c.providerNames()
 	t := &tally{}
 	slots := make(chan struct{}, concurrency)
 	var stopOnce sync.Once
 	stopped := make(chan struct{})
 	stop := func() { stopOnce.Do(func() { close(stopped) }) }
-	queues := make(map[string]chan *store.DueItem, len(names))
+	queues := make(map[string]chan job, len(names))
 	for _, name := range names {
-		queues[name] = make(chan *store.DueItem, c.store.PageSize())
+		queues[name] = make(chan job, c.store.PageSize())
 	}
 	var readers, workers sync.WaitGroup
-	errs := make(chan error, len(names)+2)
+	errs := make(chan error, len(units)+2)
 	now := b.now()
-	enqueue := func(q chan *store.DueItem, d *store.DueItem, wait bool) error {
+	enqueue := func(q chan job, d *store.DueItem, u *unitRun, wait bool) error {
+		count := func(o outcome) {
+			t.add(o)
+			if u != nil {
+				u.t.add(o)
+			}
+		}
 		t.due()
+		if u != nil {
+			u.t.due()
+		}
 		switch {
 		case d.Err != nil:
 			b.log().ErrorContext(ctx, "due item cannot be read", "pk", d.PK, "error", d.Err.Error())
-			t.add(outcomeBroken)
+			count(outcomeBroken)
 			return nil
 		case d.Leased(now):
-			t.add(outcomeLocked)
+			count(outcomeLocked)
 			return nil
 		case q == nil:
 			b.log().ErrorContext(ctx, "due connection of an unknown provider", "provider", d.Provider, "connection", d.Connection)
-			t.add(outcomeBroken)
+			count(outcomeBroken)
 			return nil
 		}
 		if !wait {
 			select {
-			case q <- d:
+			case q <- job{d, u}:
 			default:
-				t.add(outcomeNotStarted)
+				count(outcomeNotStarted)
 			}
 			return nil
 		}
 		select {
-		case q <- d:
+		case q <- job{d, u}:
 			return nil
 		case <-stopped:
-			t.add(outcomeNotStarted)
+			count(outcomeNotStarted)
 			return errStopped
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	for name, q := range queues {
+	for _, u := range units {
+		q := queues[u.provider]
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			err := c.store.ScanDueFrom(ctx, name, now, b.firstShard(), func(d *store.DueItem) error { return enqueue(q, d, true) })
-			// A tick whose time ran out while reading the index stops there;
-			// what it did not read is due next tick.
-			if err != nil && !errors.Is(err, errStopped) && ctx.Err() == nil {
-				errs <- err
+			visit := func(d *store.DueItem) error { return enqueue(q, d, u, true) }
+			var err error
+			if u.shard < 0 {
+				err = c.store.ScanDueFrom(ctx, u.provider, now, b.firstShard(), visit)
+			} else {
+				err = c.store.ScanDueShard(ctx, u.provider, u.shard, now, visit)
+			}
+			if err != nil && !errors.Is(err, errStopped) {
+				u.t.mu.Lock()
+				u.err = err
+				u.t.mu.Unlock()
+				// A sweep whose time ran out while reading the index stops
+				// there (its unit is unfinished); what it did not read is
+				// due next tick. Anything else is the index failing.
+				if ctx.Err() == nil {
+					errs <- err
+				}
 			}
 		}()
+	}
+	for _, q := range queues {
 		for range perProvider {
 			workers.Add(1)
 			go func() {
 				defer workers.Done()
-				for d := range q {
-					t.add(b.work(ctx, d, slots, stopped, stop))
+				for j := range q {
+					o := b.work(ctx, j.d, slots, stopped, stop)
+					t.add(o)
+					if j.u != nil {
+						j.u.t.add(o)
+					}
 				}
 			}()
 		}
 	}
-	// Connections still filed under the shard names used before shards
-	// were per provider; a write moves each to its provider's shards.
-	readers.Add(1)
-	go func() {
-		defer readers.Done()
-		if err := c.store.ScanLegacyDue(ctx, now, func(d *store.DueItem) error { return enqueue(queues[d.Provider], d, false) }); err != nil {
-			errs <- err
-		}
-	}()
-	// Lifecycle events whose writers died before publishing them.
-	readers.Add(1)
-	go func() {
-		defer readers.Done()
-		sent, err := b.publishPending(ctx, c.store)
-		t.mu.Lock()
-		t.sum.Notices = sent
-		t.mu.Unlock()
-		if err != nil {
-			errs <- err
-		}
-	}()
+	if housekeeping {
+		// Connections still filed under the shard names used before shards
+		// were per provider; a write moves each to its provider's shards.
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			if err := c.store.ScanLegacyDue(ctx, now, func(d *store.DueItem) error { return enqueue(queues[d.Provider], d, nil, false) }); err != nil {
+				errs <- err
+			}
+		}()
+		// Lifecycle events whose writers died before publishing them.
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			sent, err := b.publishPending(ctx, c.store)
+			t.mu.Lock()
+			t.sum.Notices = sent
+			t.mu.Unlock()
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
 	readers.Wait()
 	for _, q := range queues {
 		close(q)
@@ -206,10 +294,14 @@ func (b *Broker) RefreshDue(ctx context.Context) (*Summary, error) {
 	workers.Wait()
 	close(errs)
 	sum := t.sum
-	b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
+	if housekeeping {
+		// The tick's duration, against the refresher's timeout; a fan-out
+		// worker's sweeps have their own function and timeout.
+		b.Metrics.Milliseconds(telemetry.RefresherDuration, b.now().Sub(started), nil)
+	}
 	b.log().InfoContext(ctx, "refresher tick", "due", sum.Due, "refreshed", sum.Refreshed, "skipped_locked", sum.SkippedLocked,
 		"failed_transient", sum.FailedTransient, "needs_reauth", sum.NeedsReauth, "stale", sum.Stale, "not_started", sum.NotStarted,
-		"broken", sum.Broken, "notices", sum.Notices, "refresh_not_permitted", sum.NotPermitted)
+		"broken", sum.Broken, "notices", sum.Notices, "refresh_not_permitted", sum.NotPermitted, "units", len(units))
 	for err := range errs {
 		return &sum, storeError(err, "due index")
 	}

@@ -116,7 +116,7 @@ func (b *Broker) firstMachineToken(ctx context.Context, e *env, k store.Key) (*s
 	now := b.now()
 	hold, ok := b.hold(ctx, now)
 	if !ok {
-		return nil, Errorf(CodeProviderUnavailable, "too little time is left in this invocation to fetch %s's token safely; try again", k.Provider)
+		return nil, b.cannotStart(k, Errorf(CodeProviderUnavailable, "too little time is left in this invocation to fetch %s's token safely; try again", k.Provider))
 	}
 	lease := b.newLease(hold)
 	conn := &store.Connection{Key: k, Kind: e.cfg.Kind, Status: store.StatusPending, CreatedAt: now,
@@ -305,7 +305,7 @@ func (b *Broker) ensureFresh(ctx context.Context, e *env, c *store.Connection, r
 		if !c.Leased(now) {
 			hold, ok := b.hold(ctx, now)
 			if !ok {
-				return nil, Errorf(CodeProviderUnavailable, "too little time is left in this invocation to refresh %s safely; try again", c.Key)
+				return nil, b.cannotStart(c.Key, Errorf(CodeProviderUnavailable, "too little time is left in this invocation to refresh %s safely; try again", c.Key))
 			}
 			held, err := e.store.AcquireLease(ctx, c.Key, c.Fence(), b.newLease(hold))
 			if err == nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
@@ -30,6 +31,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/shared/provider"
 	"github.com/tokenbroker/tokenbroker/shared/store"
 	"github.com/tokenbroker/tokenbroker/shared/telemetry"
+	"github.com/tokenbroker/tokenbroker/shared/workqueue"
 )
 
 // Env reads a variable; tests pass a map's lookup.
@@ -123,6 +125,20 @@ func Broker(ctx context.Context, env Env, opts ...Option) (*broker.Broker, *slog
 		ReturnToAllowlist:   allow,
 		Concurrency:         concurrency,
 		ProviderConcurrency: providerConcurrency,
+		HomeRegion:          get("HOME_REGION", ""),
+		Region:              cfg.Region,
+	}
+	// Fan-out mode: the tick queues units on REFRESH_QUEUE_URL (template.yaml
+	// sets it only when RefreshFanOut is true).
+	if queueURL := get("REFRESH_QUEUE_URL", ""); queueURL != "" {
+		b.Queue = &workqueue.Queue{URL: queueURL, SQS: sqs.NewFromConfig(cfg, func(o *sqs.Options) { o.BaseEndpoint = endpoint(get, "SQS") })}
+	}
+	if claim := get("UNIT_CLAIM_SECONDS", ""); claim != "" {
+		n, err := number("UNIT_CLAIM_SECONDS", 0, 1, 3600)
+		if err != nil {
+			return nil, log, err
+		}
+		b.UnitClaim = time.Duration(n) * time.Second
 	}
 	return b, log, nil
 }

@@ -100,7 +100,7 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	for _, fn := range []string{"authorize", "callback", "token", "refresher"} {
+	for _, fn := range []string{"authorize", "callback", "token", "refresher", "worker"} {
 		out := filepath.Join(dir, fn, "bootstrap")
 		cmd := exec.Command("go", "build", "-tags", "lambda.norpc", "-trimpath", "-o", out, "./functions/"+fn)
 		cmd.Dir = root

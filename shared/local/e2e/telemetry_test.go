@@ -490,6 +490,8 @@ func alarmRefs(t *testing.T, tpl *samtemplate.Template) []metricRef {
 					}
 					if target, ok := samtemplate.Ref(value); ok {
 						ref.dims[name.Value] = "ref:" + target
+					} else if value.Tag == "!GetAtt" {
+						ref.dims[name.Value] = "ref:" + value.Value
 					} else {
 						ref.dims[name.Value] = value.Value
 					}
@@ -637,6 +639,10 @@ var awsMetrics = map[string]map[string][]string{
 		"ReadThrottleEvents":  {"TableName", "GlobalSecondaryIndexName,TableName"},
 		"WriteThrottleEvents": {"TableName", "GlobalSecondaryIndexName,TableName"},
 	},
+	"AWS/SQS": {
+		"ApproximateNumberOfMessagesVisible": {"QueueName"}, "ApproximateNumberOfMessagesNotVisible": {"QueueName"},
+		"ApproximateAgeOfOldestMessage": {"QueueName"},
+	},
 }
 
 // dynamoOperations are the Operation values DynamoDB publishes that this
@@ -692,6 +698,13 @@ func (p *metricProof) check(ref metricRef) (string, error) {
 		case "TableName":
 			resource = strings.TrimPrefix(v, "ref:")
 			if err := p.refersTo(v, "AWS::DynamoDB::Table"); err != nil {
+				return "", err
+			}
+		case "QueueName":
+			// !GetAtt Queue.QueueName: the queue's name follows the stack.
+			id, _, _ := strings.Cut(v, ".")
+			resource = strings.TrimPrefix(id, "ref:")
+			if err := p.refersTo(id, "AWS::SQS::Queue"); err != nil {
 				return "", err
 			}
 		case "Operation":

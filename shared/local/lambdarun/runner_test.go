@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 	case "init-exit":
 		fmt.Fprintln(os.Stderr, "TABLE_NAME is not set")
 		os.Exit(1)
+	case "sqs":
+		lambda.Start(sqsWorker)
 	default:
 		lambda.Start(func(ctx context.Context, c command) (map[string]any, error) {
 			lc, _ := lambdacontext.FromContext(ctx)

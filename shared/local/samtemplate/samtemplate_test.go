@@ -20,7 +20,7 @@ func TestReadsTheProjectTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	fns := tpl.OfType("AWS::Serverless::Function")
-	if len(fns) != 4 {
+	if len(fns) != 5 {
 		t.Fatalf("functions %v", fns)
 	}
 	for _, tc := range []struct {

@@ -101,15 +101,27 @@ var wantItems = map[string]map[string][]string{
 		"conn#*":   {"PutItem", "UpdateItem"},
 		"notice#*": {"DeleteItem", "PutItem", "UpdateItem"},
 		"quota#*":  {"UpdateItem"},
+		// Fan-out: a unit's claim is put if none holds, and removed when
+		// its message could not be sent.
+		"fanout#*": {"DeleteItem", "PutItem"},
+	},
+	// The fan-out worker refreshes as the refresher does, but publishes
+	// no other writer's notices (no claim, so no UpdateItem on them), and
+	// takes and lets go a unit's claim.
+	"RefreshWorkerFunction": {
+		"conn#*":   {"PutItem", "UpdateItem"},
+		"notice#*": {"DeleteItem", "PutItem"},
+		"quota#*":  {"UpdateItem"},
+		"fanout#*": {"UpdateItem"},
 	},
 }
 
 // wantQuery is the one index each function may query (none: no Query).
-var wantQuery = map[string]string{"TokenFunction": "connections", "RefresherFunction": "due"}
+var wantQuery = map[string]string{"TokenFunction": "connections", "RefresherFunction": "due", "RefreshWorkerFunction": "due"}
 
 // readsSecrets: the functions that exchange codes or refresh and revoke
 // tokens, and so read client secrets.
-var readsSecrets = map[string]bool{"CallbackFunction": true, "TokenFunction": true, "RefresherFunction": true}
+var readsSecrets = map[string]bool{"CallbackFunction": true, "TokenFunction": true, "RefresherFunction": true, "RefreshWorkerFunction": true}
 
 func TestFunctionRolesAreLeastPrivilege(t *testing.T) {
 	tpl, _ := loadTemplate(t)
@@ -125,7 +137,7 @@ func TestFunctionRolesAreLeastPrivilege(t *testing.T) {
 			}
 			gotItems := map[string][]string{}
 			var queried []string
-			var pathReads, byName, decryptContexts []string
+			var pathReads, byName, decryptContexts, sends []string
 			for _, st := range statements {
 				if st.Effect != "Allow" || len(st.Actions) == 0 || len(st.Resources) == 0 {
 					t.Errorf("%s: want an Allow with actions and resources: %+v", st.Sid, st)
@@ -170,6 +182,13 @@ func TestFunctionRolesAreLeastPrivilege(t *testing.T) {
 							t.Errorf("%s: kms:Decrypt must be under HasParametersKey, on ParametersKmsKeyArn, with only the PARAMETER_ARN encryption-context condition: %+v", st.Sid, st)
 						}
 						decryptContexts = append(decryptContexts, contexts...)
+					case action == "sqs:SendMessage":
+						// Only the fan-out tick sends, only to the unit queue,
+						// and only in fan-out mode.
+						if st.If != "FanOut" || !slices.Equal(st.Resources, []string{"${RefreshQueue.Arn}"}) || len(st.Actions) != 1 {
+							t.Errorf("%s: sqs:SendMessage must stand alone under FanOut, on RefreshQueue: %+v", st.Sid, st)
+						}
+						sends = append(sends, st.Resources...)
 					case action == "events:PutEvents":
 						if src := st.Condition["StringEquals"]["events:source"]; !slices.Equal(src, []string{telemetry.EventSource}) || len(st.Condition) != 1 {
 							t.Errorf("%s: PutEvents must carry StringEquals events:source = %s, got %v", st.Sid, telemetry.EventSource, st.Condition)
@@ -185,6 +204,9 @@ func TestFunctionRolesAreLeastPrivilege(t *testing.T) {
 			}
 			if !mapsEqual(gotItems, wantItems[fn]) {
 				t.Errorf("item actions by key prefix:\n got  %v\n want %v", gotItems, wantItems[fn])
+			}
+			if (fn == "RefresherFunction") != (len(sends) == 1) {
+				t.Errorf("sends to %v; only RefresherFunction sends, once", sends)
 			}
 			if want := wantQuery[fn]; (want == "" && len(queried) > 0) || (want != "" && !slices.Equal(queried, []string{want})) {
 				t.Errorf("queries %v, want index %q only", queried, want)

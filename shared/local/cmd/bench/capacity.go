@@ -166,14 +166,12 @@ requests, and the refresher-duration alarm fires. What to turn, in order:
   its own reader, every partition up to 64 whatever the setting, so it can
   be changed either way). Raise it when one provider's due set runs into
   the thousands, so that no single partition is hot.
-- **Fan out**: past one tick's C, the design splits the work, not the
-  tick: one refresher invocation per due shard (a dispatcher on the
-  schedule invoking the refresher asynchronously with its shard range),
-  each with its own timeout and concurrency, so C multiplies by the number
-  of invocations until provider limits or DynamoDB write capacity (two
-  writes per refresh: the lease, the commit) bind. Not built yet: the
-  shards already partition the work, and the lease keeps overlapping
-  invocations safe.
+- **Fan out** (RefreshFanOut=true): past one tick's C, the tick queues
+  the work instead, one SQS message per provider due shard, and worker
+  instances behind an event source mapping refresh it, so the rate grows
+  with the instances until DynamoDB's write quota (two writes per
+  refresh: the lease, the commit) or a provider's own limit binds.
+  Section 7 measures it and gives its capacity.
 
 Every refresh above was exactly one provider call (checked: provider
 calls = refreshed, no refresh-token reuse).

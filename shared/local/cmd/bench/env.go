@@ -90,7 +90,7 @@ func newEnv(ctx context.Context, stack *devstack.Stack, root string) (*benchEnv,
 	}
 	e := &benchEnv{stack: stack, root: root, db: localaws.DynamoDBClient(stack.Endpoints.DynamoDB), ring: ring, loader: loader,
 		bootstraps: map[string]string{}, tmp: tmp}
-	for _, fn := range []string{"authorize", "callback", "token", "refresher"} {
+	for _, fn := range []string{"authorize", "callback", "token", "refresher", "worker"} {
 		out := filepath.Join(tmp, "local", fn, "bootstrap")
 		cmd := exec.Command("go", "build", "-tags", "lambda.norpc", "-trimpath", "-ldflags=-s -w", "-o", out, "./functions/"+fn)
 		cmd.Dir = root

@@ -118,6 +118,7 @@ func run(outPath string, quick bool, only string) error {
 		{"alternatives", benchAlternatives},
 		{"client", benchClient},
 		{"capacity", benchCapacity},
+		{"fanout", benchFanOut},
 	}
 	var ran, names []string
 	for _, s := range steps {

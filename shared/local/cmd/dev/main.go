@@ -1,9 +1,12 @@
 // Command dev is `make dev`: the whole broker on this machine. It starts
 // DynamoDB Local, moto and the provider emulators, creates the table from
-// template.yaml, seeds demo providers into SSM, builds the four bootstraps
+// template.yaml, seeds demo providers into SSM, builds the bootstraps
 // and runs them under the Runtime API runner behind a local API Gateway on
 // http://127.0.0.1:3000, runs the refresher every minute, and prints what to
-// open and what to curl. Ctrl-C stops everything it started.
+// open and what to curl. Ctrl-C stops everything it started. With -fanout
+// (make dev FANOUT=1) the refresher queues its work on an SQS queue in moto
+// and worker instances take it through lambdarun's event source mapping,
+// as RefreshFanOut=true deploys it.
 //
 // It serves tokens to anyone who can sign with the printed local:local, so
 // it keeps to this machine and to its own pages: it listens on loopback
@@ -32,6 +35,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/tokenbroker/tokenbroker/shared/local/devfront"
 	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
@@ -48,6 +52,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:3000", "where the local API listens (a loopback address unless -expose)")
 	expose := flag.Bool("expose", false, "allow -addr to be a non-loopback address: anyone who reaches it can read the tokens")
 	tick := flag.Duration("refresh-every", time.Minute, "how often the refresher runs")
+	flag.BoolVar(&fanOut, "fanout", false, "fan-out mode (RefreshFanOut=true): the tick queues units on SQS (moto) and worker instances refresh them")
 	flag.Parse()
 	warning, err := devfront.CheckListenAddr(*addr, *expose)
 	if err != nil {
@@ -62,6 +67,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// fanOut is -fanout: the refresher's fan-out mode.
+var fanOut bool
 
 // pool hands invokes to a few sandboxes of one function, as Lambda scales
 // out under concurrent requests.
@@ -97,8 +105,15 @@ func run(addr string, tick time.Duration) error {
 		os.Unsetenv(v)
 	}
 	buildDir := filepath.Join(root, ".build", "dev")
-	step("building the four bootstraps for this machine")
+	step("building the bootstraps for this machine")
+	built := []string{}
 	for _, fn := range functions {
+		built = append(built, fn)
+	}
+	if fanOut {
+		built = append(built, "worker")
+	}
+	for _, fn := range built {
 		cmd := exec.CommandContext(ctx, "go", "build", "-tags", "lambda.norpc", "-trimpath", "-o", filepath.Join(buildDir, fn, "bootstrap"), "./functions/"+fn)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -120,6 +135,13 @@ func run(addr string, tick time.Duration) error {
 	}
 	defer logFile.Close()
 
+	if fanOut {
+		mapping, err := startFanOut(ctx, stack, filepath.Join(buildDir, "worker", "bootstrap"), logFile)
+		if err != nil {
+			return err
+		}
+		defer mapping.Close()
+	}
 	pools := map[string]pool{}
 	defer func() {
 		for _, p := range pools {
@@ -206,6 +228,28 @@ func run(addr string, tick time.Duration) error {
 }
 
 func step(msg string) { fmt.Println("· " + msg) }
+
+// startFanOut creates the unit queue and its dead-letter queue in moto,
+// points the functions' environment at it (the refresher then queues
+// instead of refreshing) and starts the event source mapping with up to
+// four worker instances, as the template's defaults scale down.
+func startFanOut(ctx context.Context, stack *devstack.Stack, bootstrap string, logFile io.Writer) (*lambdarun.Mapping, error) {
+	step("fan-out mode: the unit queue in moto and up to 4 worker instances")
+	client := sqs.NewFromConfig(localaws.Config(), func(o *sqs.Options) { o.BaseEndpoint = aws.String(stack.Endpoints.SSM) })
+	queueURL, _, queueARN, err := lambdarun.NewQueue(ctx, client, "tokenbroker-dev-refresh", 360*time.Second, 5)
+	if err != nil {
+		return nil, err
+	}
+	stack.FunctionEnv["REFRESH_QUEUE_URL"] = queueURL
+	stack.FunctionEnv["AWS_ENDPOINT_URL_SQS"] = stack.Endpoints.SSM
+	return lambdarun.StartMapping(lambdarun.MappingConfig{SQS: client, QueueURL: queueURL, QueueARN: queueARN, BatchSize: 4,
+		MaximumConcurrency: 4, ReportBatchItemFailures: true,
+		Log: func(format string, args ...any) { fmt.Fprintf(logFile, "mapping: "+format+"\n", args...) },
+		Function: func() (*lambdarun.Runner, error) {
+			return lambdarun.Start(lambdarun.Config{Bootstrap: bootstrap, FunctionName: "tokenbroker-worker",
+				Env: stack.FunctionEnv, Timeout: 60 * time.Second, Stdout: logFile, Stderr: logFile})
+		}})
+}
 
 func refresher(ctx context.Context, p pool, every time.Duration) {
 	t := time.NewTicker(every)
@@ -345,7 +389,7 @@ The WeChat global token needs no user:
 Status, refresh, delete:  GET|POST …/refresh|DELETE %[1]s/connections/{provider}/{connection}
 Function logs:            %[7]s
 Emulators:                WeChat %[8]s  SinaCloud %[9]s  OAuth2 %[10]s
-The refresher runs every minute and prints its summary here.
+The refresher runs every minute and prints its summary here (with -fanout, "queued" counts the units it handed to the workers).
 %[11]s`, base, links[devstack.WeChatWeb], links[devstack.SinaCloud], links[devstack.OAuth2],
 		curlLine(base, devstack.WeChatWeb, "demo"), curlLine(base, devstack.WeChatMP, "app"), logPath,
 		stack.EmulatorURLs["wechat"], stack.EmulatorURLs["sinacloud"], stack.EmulatorURLs["oauth2"], cliLines(base, stack))

@@ -1,0 +1,211 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+)
+
+// unitPrefix is the key prefix of a fan-out unit's marker: one item per
+// (provider, due shard) that says a message for that shard is queued or
+// being worked, and until when that claim holds.
+const unitPrefix = "fanout#"
+
+func unitPK(provider string, shard int) string {
+	return unitPrefix + provider + "#" + strconv.Itoa(shard)
+}
+
+func validUnit(provider string, shard int) error {
+	if !ValidID(provider) || shard < 0 || shard >= MaxDueShards {
+		return fmt.Errorf("%w: a unit is a provider name and a shard from 0 to %d", ErrInvalid, MaxDueShards-1)
+	}
+	return nil
+}
+
+// HasDue reports whether one shard of provider's due index holds anything
+// due at now: a query of one item, which is what the fan-out tick pays per
+// shard to decide whether to queue it.
+func (s *Store) HasDue(ctx context.Context, provider string, shard int, now time.Time) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	if err := validUnit(provider, shard); err != nil {
+		return false, err
+	}
+	kc := expression.Key("due_shard").Equal(expression.Value(provider + "#" + strconv.Itoa(shard))).
+		And(expression.Key("refresh_at").LessThanEqual(expression.Value(now.Unix())))
+	e, err := buildExpr(expression.NewBuilder().WithKeyCondition(kc))
+	if err != nil {
+		return false, err
+	}
+	out, err := s.DB.Query(ctx, &dynamodb.QueryInput{
+		TableName: aws.String(s.Table), IndexName: aws.String(DueIndex),
+		KeyConditionExpression: e.KeyCondition(), ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+		Limit: aws.Int32(1), Select: types.SelectAllProjectedAttributes,
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: probe due shard %s#%d: %w", provider, shard, err)
+	}
+	return len(out.Items) > 0, nil
+}
+
+// ScanDueShard is ScanDue over one shard of provider's due index: the
+// work of one fan-out unit.
+func (s *Store) ScanDueShard(ctx context.Context, provider string, shard int, now time.Time, visit func(*DueItem) error) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validUnit(provider, shard); err != nil {
+		return err
+	}
+	return s.queryDue(ctx, provider+"#"+strconv.Itoa(shard), now, func(av map[string]types.AttributeValue) error {
+		return visit(dueItem(av))
+	})
+}
+
+// ClaimUnit marks the unit (provider, shard) as queued under token until
+// until, unless a claim that has not run out holds it: it reports whether
+// this caller got it (and so must queue the one message for it). A claim
+// runs out by itself, so a message that is lost never strands its shard.
+func (s *Store) ClaimUnit(ctx context.Context, provider string, shard int, token string, until, now time.Time) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return false, fmt.Errorf("%w: a unit claim needs a unit and a token", ErrInvalid)
+	}
+	cond := expression.AttributeNotExists(expression.Name("pk")).Or(expression.Name("unit_until").LessThan(expression.Value(now.UnixMilli())))
+	e, err := buildExpr(expression.NewBuilder().WithCondition(cond))
+	if err != nil {
+		return false, err
+	}
+	_, err = s.DB.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: aws.String(s.Table),
+		Item: map[string]types.AttributeValue{
+			"pk":         &types.AttributeValueMemberS{Value: unitPK(provider, shard)},
+			"type":       &types.AttributeValueMemberS{Value: "unit"},
+			"unit_token": &types.AttributeValueMemberS{Value: token},
+			"unit_until": &types.AttributeValueMemberN{Value: strconv.FormatInt(until.UnixMilli(), 10)},
+			// Removed by DynamoDB a day later: only an operator looking at
+			// the table would ever see a stale one, and it holds nothing.
+			"ttl": &types.AttributeValueMemberN{Value: strconv.FormatInt(until.Add(24*time.Hour).Unix(), 10)},
+		},
+		ConditionExpression: e.Condition(), ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	var ccf *types.ConditionalCheckFailedException
+	switch {
+	case errors.As(err, &ccf):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: claim unit %s#%d: %w", provider, shard, err)
+	}
+	return true, nil
+}
+
+// TakeUnit is a worker's hold on a unit whose message it received: the
+// claim must still carry the message's token (a newer claim means the tick
+// queued the unit again after this claim ran out, and that message is the
+// one to work), and it now holds until until. false means the message is
+// superseded or its work was already done: drop it.
+func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token string, until time.Time) (bool, error) {
+	return s.setUnitUntil(ctx, provider, shard, token, until)
+}
+
+// LetGoUnit ends a claim whose work is not finished: it runs out at once,
+// so the next tick queues the unit again (or this message's redelivery
+// takes it first, whichever comes first; the other is dropped).
+func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token string) error {
+	_, err := s.setUnitUntil(ctx, provider, shard, token, time.UnixMilli(0))
+	return err
+}
+
+func (s *Store) setUnitUntil(ctx context.Context, provider string, shard int, token string, until time.Time) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return false, fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	}
+	e, err := buildExpr(expression.NewBuilder().
+		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(until.UnixMilli()))))
+	if err != nil {
+		return false, err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
+		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
+		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	var ccf *types.ConditionalCheckFailedException
+	switch {
+	case errors.As(err, &ccf):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: hold unit %s#%d: %w", provider, shard, err)
+	}
+	return true, nil
+}
+
+// ReleaseUnit ends the claim of a unit whose work is done, if it is still
+// the one with token: the claim now holds no token any message carries
+// (a redelivered message is dropped) and lasts only until settled, which
+// covers the due index's lag (a GSI is eventually consistent: right after
+// the work it may still show the old copies, and a tick would queue the
+// unit again for nothing). A gone or newer claim is left alone.
+func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token string, settled time.Time) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	}
+	e, err := buildExpr(expression.NewBuilder().
+		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithUpdate(expression.Set(expression.Name("unit_token"), expression.Value("done")).
+			Set(expression.Name("unit_until"), expression.Value(settled.UnixMilli()))))
+	if err != nil {
+		return err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
+		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
+		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	var ccf *types.ConditionalCheckFailedException
+	if err != nil && !errors.As(err, &ccf) {
+		return fmt.Errorf("store: release unit %s#%d: %w", provider, shard, err)
+	}
+	return nil
+}
+
+// DropClaim removes a claim whose message was never sent, if it is still
+// the one with token, so the next tick can queue the unit.
+func (s *Store) DropClaim(ctx context.Context, provider string, shard int, token string) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	}
+	e, err := buildExpr(expression.NewBuilder().WithCondition(expression.Name("unit_token").Equal(expression.Value(token))))
+	if err != nil {
+		return err
+	}
+	_, err = s.DB.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
+		ConditionExpression: e.Condition(), ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
+	})
+	var ccf *types.ConditionalCheckFailedException
+	if err != nil && !errors.As(err, &ccf) {
+		return fmt.Errorf("store: drop unit claim %s#%d: %w", provider, shard, err)
+	}
+	return nil
+}
