@@ -275,7 +275,10 @@ func (it *connectionItem) clear() *Connection {
 	if it.RetryAtMs != 0 {
 		c.RetryAt = time.UnixMilli(it.RetryAtMs).UTC()
 	}
-	if it.RefreshedAtMs != 0 {
+	if it.RefreshedAtMs != 0 && it.RefreshedAtMs/1000 == it.RefreshedAt {
+		// Only while it agrees with refreshed_at: a writer that knows only
+		// refreshed_at (an older version mid-deploy, an operator's fix)
+		// leaves refreshed_ms behind, and then the seconds are the truth.
 		c.RefreshedAt = time.UnixMilli(it.RefreshedAtMs).UTC()
 	}
 	return c

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -501,5 +502,31 @@ func TestQuotaBudget(t *testing.T) {
 	}
 	if n, err := s.CountCall(ctx, "wechat:other", "2026-11-23", 3); err != nil || n != 1 {
 		t.Fatalf("other app: %d, %v", n, err)
+	}
+}
+
+// refreshed_ms refines refreshed_at only while the two agree: a writer
+// that knows only refreshed_at (an older version during a deploy, an
+// operator's repair) must not be overruled by a stale refreshed_ms.
+func TestRefreshedMillisecondsOnlyWhileTheyAgree(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	k := store.Key{Provider: "p", Connection: "ms"}
+	at := time.UnixMilli(time.Now().UnixMilli())
+	if err := s.Create(ctx, &store.Connection{Key: k, Status: store.StatusActive, AccessToken: "a", RefreshedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.Get(ctx, k, true); !c.RefreshedAt.Equal(at) {
+		t.Fatalf("refreshed_at %v, want %v to the millisecond", c.RefreshedAt, at)
+	}
+	later := at.Add(-time.Hour).Unix()
+	if _, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{TableName: aws.String(s.Table),
+		Key:                       map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: "conn#p#ms"}},
+		UpdateExpression:          aws.String("SET refreshed_at = :r"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":r": &types.AttributeValueMemberN{Value: strconv.FormatInt(later, 10)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.Get(ctx, k, true); c.RefreshedAt.Unix() != later {
+		t.Fatalf("refreshed_at %v after a seconds-only write, want %v", c.RefreshedAt, time.Unix(later, 0))
 	}
 }
