@@ -206,6 +206,9 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, req CallbackRequest)
 	if req.State == "" {
 		return nil, Errorf(CodeBadRequest, "the callback has no state; start the authorization again")
 	}
+	if err := b.homeWrites("completing an authorization"); err != nil {
+		return nil, err
+	}
 	e, err := b.envFor(ctx, req.Provider)
 	if err != nil {
 		return nil, err
@@ -304,6 +307,9 @@ type ConfirmRequest struct {
 // Codes: bad_request (unknown, used, expired or foreign connect id),
 // forbidden (another principal), not_found (provider), internal.
 func (b *Broker) Confirm(ctx context.Context, req ConfirmRequest) (*Status, error) {
+	if err := b.homeWrites("confirming a connection"); err != nil {
+		return nil, err
+	}
 	if err := validKey(req.Key); err != nil {
 		return nil, err
 	}

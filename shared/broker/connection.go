@@ -48,6 +48,9 @@ func (b *Broker) Delete(ctx context.Context, k store.Key, caller string) error {
 	if err := validKey(k); err != nil {
 		return err
 	}
+	if err := b.homeWrites("deleting a connection"); err != nil {
+		return err
+	}
 	e, err := b.envFor(ctx, k.Provider)
 	if err != nil {
 		return err

@@ -67,10 +67,20 @@ func ParseUnit(body string) (Unit, error) {
 	if err := json.Unmarshal([]byte(body), &u); err != nil {
 		return Unit{}, fmt.Errorf("broker: queue message is not a unit (JSON with provider, shard, token): %w", err)
 	}
-	if !store.ValidID(u.Provider) || u.Shard < 0 || u.Shard >= store.MaxDueShards || u.Token == "" || len(u.Token) > 64 {
+	// Claim tokens are the hex ids the tick made; anything else (the
+	// "done" a finished claim holds, above all) takes no claim.
+	if !store.ValidID(u.Provider) || u.Shard < 0 || u.Shard >= store.MaxDueShards || !hexToken(u.Token) {
 		return Unit{}, fmt.Errorf("broker: queue message is not a unit: want a provider name, a shard from 0 to %d and a token", store.MaxDueShards-1)
 	}
 	return u, nil
+}
+
+func hexToken(t string) bool {
+	if len(t) < 16 || len(t) > 64 {
+		return false
+	}
+	_, err := hex.DecodeString(t)
+	return err == nil
 }
 
 // Tick is the scheduled invocation: in fan-out mode (Queue set) it queues

@@ -163,6 +163,9 @@ func assertedExtra(in map[string]string) (map[string]string, error) {
 // Codes: bad_request (body, machine providers), conflict (exists, no
 // replace), not_found (provider), internal.
 func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, created bool, err error) {
+	if err := b.homeWrites("importing a grant"); err != nil {
+		return nil, false, err
+	}
 	if err := validKey(req.Key); err != nil {
 		return nil, false, err
 	}

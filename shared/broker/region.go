@@ -82,3 +82,14 @@ func (n notHomeClient) MachineToken(context.Context) (*provider.TokenSet, error)
 }
 
 func (n notHomeClient) Revoke(context.Context, string, string) error { return n.refuse() }
+
+// homeWrites refuses, in a replica region, a change of a connection's
+// grant (callback, confirm, import, delete): with a last-writer-wins
+// global table it would race the home region's refreshes, and a callback
+// would spend its single-use state here for nothing.
+func (b *Broker) homeWrites(what string) error {
+	if b.IsHome() {
+		return nil
+	}
+	return Errorf(CodeProviderUnavailable, "this deployment (region %s) is a replica: %s happens only in the home region (%s)", b.Region, what, b.HomeRegion)
+}

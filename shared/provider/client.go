@@ -175,7 +175,10 @@ func (c call) with(secrets ...string) call {
 // go through redact with every secret of the call before being clipped.
 func (b *base) fail(c call, code, msg string, status int, class Class) *Error {
 	r := redact.New(c.secrets...).WithBasicAuth(b.cfg.ClientID, b.secret).WithTokensIn(c.answer)
-	return &Error{Provider: b.cfg.Name, Op: c.op, Code: r.String(code, maxCode), Message: r.String(msg, maxMessage), HTTPStatus: status, Class: class}
+	// After the known values, anything shaped like a token: a provider can
+	// echo one under a key nobody listed.
+	return &Error{Provider: b.cfg.Name, Op: c.op, Code: redact.TokenLike(r.String(code, maxCode)),
+		Message: redact.TokenLike(r.String(msg, maxMessage)), HTTPStatus: status, Class: class}
 }
 
 // response is a provider answer read within MaxBody.

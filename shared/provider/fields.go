@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"mime"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -39,12 +38,21 @@ func bodyText(r *response) string {
 // form-encoded body, as raw JSON values. A form body with an undecodable
 // part keeps the parts that decode.
 func decodeTokenBody(r *response) (map[string]json.RawMessage, error) {
-	mt, _, _ := mime.ParseMediaType(r.contentType)
 	text := bodyText(r)
 	if text == "" {
 		return nil, fmt.Errorf("empty response")
 	}
-	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" && !strings.HasPrefix(text, "{") {
+	// The body's own first character decides, not the Content-Type a
+	// server may get wrong: a JSON object labelled as a form (or the other
+	// way round) still carries its rotation.
+	if strings.HasPrefix(text, "[") {
+		// A one-element array around the object.
+		var one []json.RawMessage
+		if json.Unmarshal([]byte(text), &one) == nil && len(one) == 1 {
+			text = strings.TrimSpace(string(one[0]))
+		}
+	}
+	if !strings.HasPrefix(text, "{") && !strings.HasPrefix(text, "<") && !strings.HasPrefix(text, "[") {
 		q, err := url.ParseQuery(text)
 		if err != nil && len(q) == 0 {
 			return nil, fmt.Errorf("form response: %v", err)
@@ -54,16 +62,32 @@ func decodeTokenBody(r *response) (map[string]json.RawMessage, error) {
 			raw, _ := json.Marshal(q.Get(k))
 			fields[k] = raw
 		}
-		return fields, nil
+		return foldKeys(fields), nil
 	}
 	if strings.HasPrefix(text, "<") {
 		return nil, fmt.Errorf("HTML page instead of a token response")
 	}
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(text), &fields); err != nil {
-		return nil, fmt.Errorf("response is not a JSON object: %v", err)
+	// The first JSON value; whatever trails it (a newline and "{}", a ";")
+	// is not the answer.
+	if err := json.NewDecoder(strings.NewReader(text)).Decode(&fields); err != nil || fields == nil {
+		return nil, fmt.Errorf("response is not a JSON object")
 	}
-	return maps.Clone(fields), nil
+	return foldKeys(fields), nil
+}
+
+// foldKeys adds, for every key not in lower case, its lower-case form
+// (where that is not a key already): Access_Token is access_token.
+func foldKeys(fields map[string]json.RawMessage) map[string]json.RawMessage {
+	out := maps.Clone(fields)
+	for k, v := range fields {
+		if lk := strings.ToLower(k); lk != k {
+			if _, exact := fields[lk]; !exact {
+				out[lk] = v
+			}
+		}
+	}
+	return out
 }
 
 // fieldString reads a JSON string, number or bool as text; null, arrays

@@ -144,6 +144,15 @@ func (o *oauth2Client) parseToken(c call, r *response) (*TokenSet, error) {
 	// Whatever the answer says next is redacted of the credentials it holds.
 	c = c.with(access, refresh, fieldString(fields["id_token"]), fieldString(fields["mac_key"]))
 	ok := r.status >= 200 && r.status <= 299
+	// A token the answer merely echoes (the refresh token just presented)
+	// is not a new one: an error answer quoting it stays an error.
+	presented := ""
+	if c.op == opRefresh && len(c.secrets) > 0 {
+		presented = c.secrets[0]
+	}
+	if refresh == presented {
+		refresh = ""
+	}
 	if code := fieldString(fields["error"]); code != "" && !(ok && (access != "" || refresh != "")) {
 		return nil, o.fail(c, code, fieldString(fields["error_description"]), r.status, classifyOAuth(o.cfg.Kind, c.op, code, r.status))
 	}

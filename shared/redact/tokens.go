@@ -3,6 +3,7 @@ package redact
 import (
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // Token fields in answer bodies.
@@ -196,4 +197,40 @@ func runsNear(body string, end int) []string {
 		i = j
 	}
 	return runs
+}
+
+// TokenLike masks, in text that came from a provider, every run of 12 or
+// more token-like characters (letters, digits and -._~+/=) that holds both
+// a letter and a digit, whatever key or words precede it: the keys
+// TokenValues knows cannot list every way a provider may echo a token
+// (an escaped key, "Access Token", "newAccessToken", "Bearer …"). Words
+// of letters alone ("invalid_client_credentials") are kept.
+func TokenLike(s string) string {
+	var b strings.Builder
+	run := func(r rune) bool {
+		return r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-._~+/=", r))
+	}
+	for i := 0; i < len(s); {
+		j := i
+		letter, digit := false, false
+		for j < len(s) && run(rune(s[j])) {
+			c := s[j]
+			letter = letter || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+			digit = digit || c >= '0' && c <= '9'
+			j++
+		}
+		switch {
+		case j-i >= 12 && letter && digit:
+			b.WriteString(Mask)
+			i = j
+		case j > i:
+			b.WriteString(s[i:j])
+			i = j
+		default:
+			_, size := utf8.DecodeRuneInString(s[i:])
+			b.WriteString(s[i : i+size])
+			i += size
+		}
+	}
+	return b.String()
 }
