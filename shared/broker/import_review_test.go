@@ -1,6 +1,6 @@
 package broker_test
 
-// Throwaway security-review tests (review2) of the impconf merge: import
+// Security-review tests (review2) of the import and confirm changes, kept as regressions: import
 // identity, replace precondition, confirm binding, Recovered, revocation
 // of replaced grants. Not meant to be kept as they are.
 

@@ -1,6 +1,6 @@
 package broker_test
 
-// Throwaway attack tests of review1 (issue 16 / 18 changes). Each test
+// Attack tests of review1 (issue 16 / 18 changes), kept as regressions. Each test
 // states what the contract promises and fails where the code breaks it.
 
 import (

@@ -6,7 +6,7 @@ import (
 )
 
 // Review 3 attacks on answer parsing and redaction (issue 16 item 1,
-// issue 17 item 2). Throwaway: each subtest is one answer shape.
+// issue 17 item 2). Each subtest is one answer shape.
 
 const (
 	r3Access  = "AT.r3live.QWERTYasdfgh-ZXCVBnm"
