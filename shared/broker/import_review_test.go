@@ -2,7 +2,7 @@ package broker_test
 
 // Security-review tests (review2) of the import and confirm changes, kept as regressions: import
 // identity, replace precondition, confirm binding, Recovered, revocation
-// of replaced grants. Not meant to be kept as they are.
+// of replaced grants.
 
 import (
 	"context"

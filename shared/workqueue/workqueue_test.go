@@ -27,7 +27,7 @@ func (f sqsFunc) SendMessageBatch(_ context.Context, in *sqs.SendMessageBatchInp
 func TestSendReportsEachUnit(t *testing.T) {
 	var units []broker.Unit
 	for i := range 23 {
-		units = append(units, broker.Unit{Provider: "github", Shard: i % 64, Token: "t"})
+		units = append(units, broker.Unit{Provider: "github", Shard: i % 64, Token: "0123456789abcdef0123456789abcdef"})
 	}
 	var batches []int
 	q := &workqueue.Queue{URL: "https://sqs.example/q", SQS: sqsFunc(func(in *sqs.SendMessageBatchInput) (*sqs.SendMessageBatchOutput, error) {

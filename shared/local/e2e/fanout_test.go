@@ -173,7 +173,7 @@ func TestFanOutRefreshesEachDueConnectionOnce(t *testing.T) {
 	// claim was let go: a unit whose claim is not the message's does
 	// nothing.
 	for shard := range store.MaxDueShards {
-		messages = append(messages, fmt.Sprintf(`{"provider":%q,"shard":%d,"token":"an-old-claim"}`, w.name, shard))
+		messages = append(messages, fmt.Sprintf(`{"provider":%q,"shard":%d,"token":"0123456789abcdef0123456789abcdef"}`, w.name, shard))
 	}
 	for _, body := range messages {
 		if _, err := f.sqs.SendMessage(context.Background(), &sqs.SendMessageInput{QueueUrl: aws.String(f.queue), MessageBody: aws.String(body)}); err != nil {
@@ -244,8 +244,11 @@ func checkNoSilentLoss(t *testing.T, w *sinaWorld, keys []store.Key, sinkEvents 
 			}
 		case store.StatusNeedsReauth:
 			lost++
-			if events[k.Connection] != 1 {
-				t.Errorf("%s needs re-authorization with %d events, want exactly 1", k, events[k.Connection])
+			// Delivery is at least once: a worker killed between publishing
+			// the event and deleting its notice leaves the notice for the
+			// tick, which sends it again. Never none, at most that once more.
+			if events[k.Connection] < 1 || events[k.Connection] > 2 {
+				t.Errorf("%s needs re-authorization with %d events, want 1 (2 if a kill fell between publishing and deleting the notice)", k, events[k.Connection])
 			}
 		default:
 			t.Errorf("%s ended %s", k, c.Status)
@@ -310,7 +313,10 @@ func TestFanOutKilledWorkerLosesNothingSilently(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if requeued < time.Second || requeued > workerTimeout+broker.DefaultBudget().Skew+5*time.Second {
+	// The claim runs out at the worker's deadline plus the skew; then the
+	// next tick (one a second here) queues it. 15 s of slack for a busy
+	// machine, far less than a real tick's minute.
+	if requeued < time.Second || requeued > workerTimeout+broker.DefaultBudget().Skew+15*time.Second {
 		t.Errorf("units queued again %v after the kill; want after a worker's deadline (%v) and within a few ticks", requeued, workerTimeout)
 	}
 	settleFanOut(t, w, f, visibility)
