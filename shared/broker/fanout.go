@@ -243,13 +243,13 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 			continue
 		}
 		seen[u] = true
-		took, err := c.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, until)
+		took, err := c.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, until, b.now())
 		switch {
 		case err != nil:
 			b.log().ErrorContext(ctx, "unit claim cannot be taken; the message comes back", "provider", u.Provider, "shard", u.Shard, "error", err.Error())
 			retry[i] = true
 		case !took:
-			b.log().InfoContext(ctx, "unit superseded or done; message dropped", "provider", u.Provider, "shard", u.Shard)
+			b.log().InfoContext(ctx, "unit superseded, done or held by another worker; message dropped", "provider", u.Provider, "shard", u.Shard)
 		default:
 			runs[i] = &unitRun{provider: u.Provider, shard: u.Shard}
 		}

@@ -162,6 +162,54 @@ func TestFanOutQueuesEachDueShardOnce(t *testing.T) {
 	}
 }
 
+// SQS may hand one message to two workers at once. The first to take the
+// unit works it; the other drops its copy without reading the due index,
+// so a duplicate costs one conditional write, not a second sweep. A
+// holder that dies lets go when its hold runs out: then the message's
+// redelivery works the unit.
+func TestFanOutDuplicateDeliveryIsWorkedOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	name, o2, _ := ownProvider(t, f)
+	const n = 12
+	for i := range n {
+		f.authorize(t, store.Key{Provider: name, Connection: fmt.Sprintf("d%02d", i)})
+	}
+	q := &memQueue{}
+	f.b.Queue = q
+	worker := f.sibling(t)
+	worker.Config = f.b.Config
+	f.clock.Add(56 * time.Minute)
+	if _, err := f.b.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	units := q.take()
+	if len(units) == 0 {
+		t.Fatal("nothing queued")
+	}
+	// Another worker holds every unit: it got the same messages first.
+	held := f.clock.Now().Add(time.Minute)
+	for _, u := range units {
+		if took, err := f.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, held, f.clock.Now()); err != nil || !took {
+			t.Fatalf("first hold on %+v: %v %v", u, took, err)
+		}
+		if took, err := f.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, held, f.clock.Now()); err != nil || took {
+			t.Fatalf("a second hold on %+v was given: %v %v", u, took, err)
+		}
+	}
+	calls := o2.RefreshCalls()
+	sum, retry := worker.Work(ctx, units)
+	if sum.Due != 0 || sum.Refreshed != 0 || strings.Contains(fmt.Sprint(retry), "true") || o2.RefreshCalls() != calls {
+		t.Fatalf("duplicate delivery swept held units: %+v retry %v, %d provider calls", sum, retry, o2.RefreshCalls()-calls)
+	}
+	// The holder died; past its hold the redelivered messages work.
+	f.clock.Add(time.Minute + time.Second)
+	sum, retry = worker.Work(ctx, units)
+	if sum.Refreshed != n || strings.Contains(fmt.Sprint(retry), "true") || o2.RefreshCalls()-calls != n {
+		t.Fatalf("redelivery after the hold ran out: %+v retry %v, %d provider calls; want %d", sum, retry, o2.RefreshCalls()-calls, n)
+	}
+}
+
 // A deployment outside HOME_REGION never calls a provider: it serves a
 // token that is still valid, answers 503 naming the home region for one
 // that needs a refresh, and its ticks and workers do nothing.

@@ -112,34 +112,54 @@ func (s *Store) ClaimUnit(ctx context.Context, provider string, shard int, token
 // TakeUnit is a worker's hold on a unit whose message it received: the
 // claim must still carry the message's token (a newer claim means the tick
 // queued the unit again after this claim ran out, and that message is the
-// one to work), and it now holds until until. false means the message is
-// superseded or its work was already done: drop it.
-func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token string, until time.Time) (bool, error) {
-	return s.setUnitUntil(ctx, provider, shard, token, until)
-}
-
-// LetGoUnit ends a claim whose work is not finished: it runs out at once,
-// so the next tick queues the unit again (or this message's redelivery
-// takes it first, whichever comes first; the other is dropped).
-func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token string) error {
-	_, err := s.setUnitUntil(ctx, provider, shard, token, time.UnixMilli(0))
-	return err
-}
-
-func (s *Store) setUnitUntil(ctx context.Context, provider string, shard int, token string, until time.Time) (bool, error) {
+// one to work), and no other worker may hold it now. The hold lasts until
+// until, and the claim with it. false means the message is superseded,
+// its work was already done, or another worker has it (SQS delivers a
+// message at least once, so two workers can get the same one at the same
+// time): drop it. A hold whose worker died runs out at until, after which
+// the message's redelivery or the next tick's claim takes the unit.
+func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token string, until, now time.Time) (bool, error) {
 	if err := s.check(); err != nil {
 		return false, err
 	}
 	if err := validUnit(provider, shard); err != nil || token == "" {
 		return false, fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
 	}
+	free := expression.AttributeNotExists(expression.Name("unit_taken")).Or(expression.Name("unit_taken").LessThan(expression.Value(now.UnixMilli())))
 	e, err := buildExpr(expression.NewBuilder().
-		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
-		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(until.UnixMilli()))))
+		WithCondition(expression.Name("unit_token").Equal(expression.Value(token)).And(free)).
+		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(until.UnixMilli())).
+			Set(expression.Name("unit_taken"), expression.Value(until.UnixMilli()))))
 	if err != nil {
 		return false, err
 	}
-	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+	return s.updateUnit(ctx, provider, shard, e)
+}
+
+// LetGoUnit ends a claim whose work is not finished: it runs out at once,
+// and so does the hold on it, so the next tick queues the unit again (or
+// this message's redelivery takes it first, whichever comes first; the
+// other is dropped).
+func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token string) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" {
+		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	}
+	e, err := buildExpr(expression.NewBuilder().
+		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(int64(0))).
+			Remove(expression.Name("unit_taken"))))
+	if err != nil {
+		return err
+	}
+	_, err = s.updateUnit(ctx, provider, shard, e)
+	return err
+}
+
+func (s *Store) updateUnit(ctx context.Context, provider string, shard int, e expression.Expression) (bool, error) {
+	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
 		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
 		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
