@@ -236,6 +236,15 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 	// The claim holds until this invocation is over for sure: its deadline
 	// (the reserve included) plus the clock skew.
 	until := b.now().Add(b.left(ctx, 15*time.Minute) + bg.Reserve + bg.Skew)
+	// This invocation's name on the units it holds.
+	holder, err := b.unitToken()
+	if err != nil {
+		b.log().ErrorContext(ctx, "no randomness for a worker's hold", "error", err.Error())
+		for i := range retry {
+			retry[i] = true
+		}
+		return &Summary{Unfinished: len(units)}, retry
+	}
 	runs := make([]*unitRun, len(units))
 	seen := map[Unit]bool{}
 	for i, u := range units {
@@ -243,7 +252,7 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 			continue
 		}
 		seen[u] = true
-		took, err := c.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, until, b.now())
+		took, err := c.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, holder, until, b.now())
 		switch {
 		case err != nil:
 			b.log().ErrorContext(ctx, "unit claim cannot be taken; the message comes back", "provider", u.Provider, "shard", u.Shard, "error", err.Error())
@@ -283,9 +292,9 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 		if r.unfinished() {
 			retry[i] = true
 			sum.Unfinished++
-			err = c.store.LetGoUnit(rctx, u.Provider, u.Shard, u.Token)
+			err = c.store.LetGoUnit(rctx, u.Provider, u.Shard, u.Token, holder)
 		} else {
-			err = c.store.ReleaseUnit(rctx, u.Provider, u.Shard, u.Token, b.now().Add(UnitSettle))
+			err = c.store.ReleaseUnit(rctx, u.Provider, u.Shard, u.Token, holder, b.now().Add(UnitSettle))
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			b.log().WarnContext(ctx, "unit claim not let go; it runs out by itself", "provider", u.Provider, "shard", u.Shard, "error", err.Error())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/shared/broker"
 	"github.com/tokenbroker/tokenbroker/shared/config"
+	"github.com/tokenbroker/tokenbroker/shared/local/ddbfault"
 	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 	"github.com/tokenbroker/tokenbroker/shared/local/emulator"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
@@ -187,14 +188,25 @@ func TestFanOutDuplicateDeliveryIsWorkedOnce(t *testing.T) {
 	if len(units) == 0 {
 		t.Fatal("nothing queued")
 	}
-	// Another worker holds every unit: it got the same messages first.
+	// Another worker holds every unit: it got the same messages first. Its
+	// own take sent again (an SDK retry after a lost answer) still holds;
+	// any other holder's is refused, and so is a tick's attempt to drop
+	// the claim (a send that reported an error may have gone out).
 	held := f.clock.Now().Add(time.Minute)
 	for _, u := range units {
-		if took, err := f.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, held, f.clock.Now()); err != nil || !took {
-			t.Fatalf("first hold on %+v: %v %v", u, took, err)
+		for _, try := range []struct {
+			holder string
+			want   bool
+		}{{"aaaaaaaaaaaaaaaa", true}, {"aaaaaaaaaaaaaaaa", true}, {"bbbbbbbbbbbbbbbb", false}} {
+			if took, err := f.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, try.holder, held, f.clock.Now()); err != nil || took != try.want {
+				t.Fatalf("hold on %+v by %s: %v %v, want %v", u, try.holder, took, err, try.want)
+			}
 		}
-		if took, err := f.store.TakeUnit(ctx, u.Provider, u.Shard, u.Token, held, f.clock.Now()); err != nil || took {
-			t.Fatalf("a second hold on %+v was given: %v %v", u, took, err)
+		if err := f.store.DropClaim(ctx, u.Provider, u.Shard, u.Token); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := f.store.ClaimUnit(ctx, u.Provider, u.Shard, "cccccccccccccccc", f.clock.Now().Add(time.Hour), f.clock.Now()); err != nil || got {
+			t.Fatalf("a held unit was dropped and claimed anew: %v %v", got, err)
 		}
 	}
 	calls := o2.RefreshCalls()
@@ -207,6 +219,33 @@ func TestFanOutDuplicateDeliveryIsWorkedOnce(t *testing.T) {
 	sum, retry = worker.Work(ctx, units)
 	if sum.Refreshed != n || strings.Contains(fmt.Sprint(retry), "true") || o2.RefreshCalls()-calls != n {
 		t.Fatalf("redelivery after the hold ran out: %+v retry %v, %d provider calls; want %d", sum, retry, o2.RefreshCalls()-calls, n)
+	}
+}
+
+// A worker's take whose answer is lost (the connection resets after
+// DynamoDB applied it) is retried by the SDK; the retry finds the
+// worker's own hold and must take it, not drop the message.
+func TestFanOutRetriedTakeKeepsTheUnit(t *testing.T) {
+	f, proxy := faultyFixture(t)
+	ctx := context.Background()
+	name, o2, _ := ownProvider(t, f)
+	const n = 4
+	for i := range n {
+		f.authorize(t, store.Key{Provider: name, Connection: fmt.Sprintf("r%02d", i)})
+	}
+	q := &memQueue{}
+	f.b.Queue = q
+	f.clock.Add(56 * time.Minute)
+	if _, err := f.b.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	worker := f.sibling(t)
+	worker.Config = f.b.Config
+	calls := o2.RefreshCalls()
+	proxy.Inject("UpdateItem", ddbfault.Fault{Kind: ddbfault.ResetAfterForward, Match: "unit_taken"}, 1)
+	sum, retry := worker.Work(ctx, q.take())
+	if sum.Refreshed != n || strings.Contains(fmt.Sprint(retry), "true") || o2.RefreshCalls()-calls != n {
+		t.Fatalf("worker after a lost take answer: %+v retry %v, %d provider calls; want all %d refreshed", sum, retry, o2.RefreshCalls()-calls, n)
 	}
 }
 

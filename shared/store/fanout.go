@@ -112,50 +112,60 @@ func (s *Store) ClaimUnit(ctx context.Context, provider string, shard int, token
 // TakeUnit is a worker's hold on a unit whose message it received: the
 // claim must still carry the message's token (a newer claim means the tick
 // queued the unit again after this claim ran out, and that message is the
-// one to work), and no other worker may hold it now. The hold lasts until
-// until, and the claim with it. false means the message is superseded,
-// its work was already done, or another worker has it (SQS delivers a
-// message at least once, so two workers can get the same one at the same
-// time): drop it. A hold whose worker died runs out at until, after which
-// the message's redelivery or the next tick's claim takes the unit.
-func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token string, until, now time.Time) (bool, error) {
+// one to work), and no other holder may have it now. holder names this
+// invocation, so that the same take sent again (an SDK retry after a lost
+// answer) still succeeds. The hold lasts until until, and the claim with
+// it. false means the message is superseded, its work was already done,
+// or another worker has it (SQS delivers a message at least once, so two
+// workers can get the same one at the same time): drop it. A hold whose
+// worker died runs out at until; then the next tick's claim, or the
+// message's redelivery, takes the unit.
+func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token, holder string, until, now time.Time) (bool, error) {
 	if err := s.check(); err != nil {
 		return false, err
 	}
-	if err := validUnit(provider, shard); err != nil || token == "" {
-		return false, fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
+		return false, fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
 	}
-	free := expression.AttributeNotExists(expression.Name("unit_taken")).Or(expression.Name("unit_taken").LessThan(expression.Value(now.UnixMilli())))
+	free := expression.AttributeNotExists(expression.Name("unit_taken")).
+		Or(expression.Name("unit_taken").LessThan(expression.Value(now.UnixMilli()))).
+		Or(expression.Name("unit_holder").Equal(expression.Value(holder)))
 	e, err := buildExpr(expression.NewBuilder().
 		WithCondition(expression.Name("unit_token").Equal(expression.Value(token)).And(free)).
 		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(until.UnixMilli())).
-			Set(expression.Name("unit_taken"), expression.Value(until.UnixMilli()))))
+			Set(expression.Name("unit_taken"), expression.Value(until.UnixMilli())).
+			Set(expression.Name("unit_holder"), expression.Value(holder))))
 	if err != nil {
 		return false, err
 	}
 	return s.updateUnit(ctx, provider, shard, e)
 }
 
-// LetGoUnit ends a claim whose work is not finished: it runs out at once,
-// and so does the hold on it, so the next tick queues the unit again (or
+// LetGoUnit ends a hold whose work is not finished: the claim runs out at
+// once, and so does the hold, so the next tick queues the unit again (or
 // this message's redelivery takes it first, whichever comes first; the
-// other is dropped).
-func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token string) error {
+// other is dropped). A claim or hold that is no longer holder's is left
+// alone.
+func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token, holder string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := validUnit(provider, shard); err != nil || token == "" {
-		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
+		return fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
 	}
 	e, err := buildExpr(expression.NewBuilder().
-		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithCondition(heldBy(token, holder)).
 		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(int64(0))).
-			Remove(expression.Name("unit_taken"))))
+			Remove(expression.Name("unit_taken")).Remove(expression.Name("unit_holder"))))
 	if err != nil {
 		return err
 	}
 	_, err = s.updateUnit(ctx, provider, shard, e)
 	return err
+}
+
+func heldBy(token, holder string) expression.ConditionBuilder {
+	return expression.Name("unit_token").Equal(expression.Value(token)).And(expression.Name("unit_holder").Equal(expression.Value(holder)))
 }
 
 func (s *Store) updateUnit(ctx context.Context, provider string, shard int, e expression.Expression) (bool, error) {
@@ -174,21 +184,22 @@ func (s *Store) updateUnit(ctx context.Context, provider string, shard int, e ex
 	return true, nil
 }
 
-// ReleaseUnit ends the claim of a unit whose work is done, if it is still
-// the one with token: the claim now holds no token any message carries
+// ReleaseUnit ends the hold of a unit whose work is done, if it is still
+// holder's under token: the claim now holds no token any message carries
 // (a redelivered message is dropped) and lasts only until settled, which
 // covers the due index's lag (a GSI is eventually consistent: right after
 // the work it may still show the old copies, and a tick would queue the
-// unit again for nothing). A gone or newer claim is left alone.
-func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token string, settled time.Time) error {
+// unit again for nothing). A gone, newer or otherwise held claim is left
+// alone.
+func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token, holder string, settled time.Time) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := validUnit(provider, shard); err != nil || token == "" {
-		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
+	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
+		return fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
 	}
 	e, err := buildExpr(expression.NewBuilder().
-		WithCondition(expression.Name("unit_token").Equal(expression.Value(token))).
+		WithCondition(heldBy(token, holder)).
 		WithUpdate(expression.Set(expression.Name("unit_token"), expression.Value("done")).
 			Set(expression.Name("unit_until"), expression.Value(settled.UnixMilli()))))
 	if err != nil {
@@ -207,7 +218,8 @@ func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, tok
 }
 
 // DropClaim removes a claim whose message was never sent, if it is still
-// the one with token, so the next tick can queue the unit.
+// the one with token and no worker has taken it (a send that reported an
+// error may have gone out after all), so the next tick can queue the unit.
 func (s *Store) DropClaim(ctx context.Context, provider string, shard int, token string) error {
 	if err := s.check(); err != nil {
 		return err
@@ -215,7 +227,8 @@ func (s *Store) DropClaim(ctx context.Context, provider string, shard int, token
 	if err := validUnit(provider, shard); err != nil || token == "" {
 		return fmt.Errorf("%w: a unit needs a provider, a shard and a token", ErrInvalid)
 	}
-	e, err := buildExpr(expression.NewBuilder().WithCondition(expression.Name("unit_token").Equal(expression.Value(token))))
+	e, err := buildExpr(expression.NewBuilder().WithCondition(expression.Name("unit_token").Equal(expression.Value(token)).
+		And(expression.AttributeNotExists(expression.Name("unit_taken")))))
 	if err != nil {
 		return err
 	}
