@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/url"
 	"strings"
 	"time"
@@ -435,6 +436,13 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		switch {
 		case old == nil && errors.Is(err, store.ErrNotFound):
 			pre = store.Precondition{} // deleted meanwhile: create it
+		case !replace && via == "import" && old != nil && old.Status == store.StatusActive &&
+			old.AccessToken == conn.AccessToken && old.RefreshToken == conn.RefreshToken &&
+			maps.Equal(old.Metadata, conn.Metadata) && maps.Equal(old.Extra, conn.Extra):
+			// The same grant is stored and live: this import already
+			// applied (a retry after its answer was lost), or is a no-op.
+			// Nothing is written again and no event is sent twice.
+			return true, nil, nil
 		case !replace:
 			return false, nil, Errorf(CodeConflict, "connection %s exists; send \"replace\": true to replace its grant", conn.Key)
 		case old == nil:

@@ -85,6 +85,14 @@ func TestImportReplacesOnlyWithReplace(t *testing.T) {
 		t.Fatalf("first import: created %v, %v", created, err)
 	}
 	before, _ := f.store.Get(ctx, k, true)
+	// The same import again (a caller retrying after its answer was lost)
+	// answers as the first did, and writes and announces nothing.
+	if created, err := imp("at-first-0123456789", false); err != nil || !created {
+		t.Fatalf("the same import again: created %v, %v", created, err)
+	}
+	if again, _ := f.store.Get(ctx, k, true); again.Fence() != before.Fence() {
+		t.Fatalf("the same import again wrote: at %v, was at %v", again.Fence(), before.Fence())
+	}
 	if _, err := imp("at-second-0123456789", false); broker.ErrorCode(err) != broker.CodeConflict {
 		t.Fatalf("import over an existing connection without replace: %v, want conflict", err)
 	}
