@@ -115,7 +115,7 @@ func Broker(ctx context.Context, env Env, opts ...Option) (*broker.Broker, *slog
 	b := &broker.Broker{
 		Store:   &store.Store{DB: DynamoDB(cfg, endpoint(get, "DYNAMODB")), Table: table, Shards: shards},
 		Config:  loader,
-		HTTP:    &http.Client{Timeout: provider.DefaultTimeout},
+		HTTP:    ProviderHTTP(),
 		Log:     log,
 		Metrics: &telemetry.Metrics{W: os.Stdout},
 		Notifier: &telemetry.EventBridge{Client: eventbridge.NewFromConfig(cfg, func(o *eventbridge.Options) {
@@ -141,6 +141,23 @@ func Broker(ctx context.Context, env Env, opts ...Option) (*broker.Broker, *slog
 		b.UnitClaim = time.Duration(n) * time.Second
 	}
 	return b, log, nil
+}
+
+// MaxProviderConns is how many idle connections to one provider host the
+// functions keep: RefreshConcurrency's maximum, the most refreshes one
+// instance has in flight.
+const MaxProviderConns = 64
+
+// ProviderHTTP is the client for provider calls. net/http's default keeps
+// two idle connections per host, so of a round of eight refreshes to one
+// provider six would open a new connection (a TCP and a TLS handshake,
+// across the internet) and drop it afterwards; this one keeps as many as
+// the refreshes in flight.
+func ProviderHTTP() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = MaxProviderConns
+	t.MaxIdleConns = 4 * MaxProviderConns
+	return &http.Client{Timeout: provider.DefaultTimeout, Transport: t}
 }
 
 // DynamoDBAttemptTimeout bounds one HTTP attempt to DynamoDB, so a stalled

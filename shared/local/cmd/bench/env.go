@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +18,8 @@ import (
 	"github.com/tokenbroker/tokenbroker/shared/config"
 	"github.com/tokenbroker/tokenbroker/shared/local/devstack"
 	"github.com/tokenbroker/tokenbroker/shared/local/localaws"
-	"github.com/tokenbroker/tokenbroker/shared/provider"
 	"github.com/tokenbroker/tokenbroker/shared/sealing"
+	"github.com/tokenbroker/tokenbroker/shared/setup"
 	"github.com/tokenbroker/tokenbroker/shared/store"
 )
 
@@ -116,7 +115,7 @@ func (e *benchEnv) table(ctx context.Context, prefix string) (string, error) {
 func (e *benchEnv) broker(db store.DynamoDB, table string) *broker.Broker {
 	return &broker.Broker{
 		Store:  &store.Store{DB: db, Table: table, Shards: 8},
-		Config: e.loader, HTTP: &http.Client{Timeout: provider.DefaultTimeout},
+		Config: e.loader, HTTP: setup.ProviderHTTP(),
 		Log: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	}
 }
