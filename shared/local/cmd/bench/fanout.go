@@ -461,8 +461,9 @@ Checked against the measured runs above: R_lambda (with d = 1, each run
 being shorter than a worker's working time, and e the batch-1 one-instance
 share, as those runs are batch 1) predicts each row's rate, and measured
 ÷ formula is %s. Where it falls below 0.8 the machine is the bound, not
-the formula: DynamoDB Local's write rate (the probe above), which a
-deployment on DynamoDB does not share until R_dynamodb below.
+the formula: its two cores, shared by every worker process and the
+stand-ins ("What bounds it here" above), where on Lambda each instance
+has a CPU of its own and DynamoDB's limit is R_dynamodb below.
 `, strings.Join(checks, ", "))
 	top := math.Min(float64(1000)*perWorker/latency*eff*working, ddbBound)
 	fmt.Fprintf(&b, `
