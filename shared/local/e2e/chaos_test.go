@@ -243,37 +243,7 @@ func TestChaosKilledProcessesNeverLoseAGrantSilently(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := map[string]int{}
-	for _, ev := range evs {
-		d, _ := ev["detail"].(map[string]any)
-		events[fmt.Sprint(d["connection"])]++
-	}
-	lost := 0
-	for _, k := range keys {
-		c, err := w.store.Get(context.Background(), k, true)
-		if err != nil {
-			t.Fatalf("%s: %v", k, err)
-		}
-		switch c.Status {
-		case store.StatusActive:
-			if !w.emu.ValidAccess(c.AccessToken) || !w.emu.RefreshUsable(c.RefreshToken) {
-				t.Errorf("%s is active but does not hold the newest grant", k)
-			}
-			if events[k.Connection] != 0 {
-				t.Errorf("%s is active yet was announced as needing re-authorization", k)
-			}
-		case store.StatusNeedsReauth:
-			lost++
-			if events[k.Connection] != 1 {
-				t.Errorf("%s needs re-authorization with %d events, want exactly 1", k, events[k.Connection])
-			}
-		default:
-			t.Errorf("%s ended %s", k, c.Status)
-		}
-	}
-	if reuses := w.emu.RefreshReuses(); reuses != lost {
-		t.Errorf("%d refresh-token reuses for %d lost grants: a reuse that did not end its connection visibly, or a loss without one", reuses, lost)
-	}
+	lost := checkNoSilentLoss(t, w, keys, evs, 1)
 	if kills == 0 || ticks.Load() == 0 || served.Load() == 0 {
 		t.Fatalf("the run did nothing: %d kills, %d ticks, %d tokens served", kills, ticks.Load(), served.Load())
 	}

@@ -219,9 +219,11 @@ func settleFanOut(t *testing.T, w *sinaWorld, f *fanOut, visibility time.Duratio
 
 // checkNoSilentLoss: every connection is active with the provider's
 // newest grant and no needs-reauthorization event, or needs
-// re-authorization with exactly one; every refresh-token reuse is one such
-// visible loss. It returns the losses.
-func checkNoSilentLoss(t *testing.T, w *sinaWorld, keys []store.Key, sinkEvents []map[string]any) int {
+// re-authorization with at least one and at most maxEvents; every
+// refresh-token reuse is one such visible loss. It returns the losses.
+// maxEvents is 2 where a kill can fall between publishing an event and
+// deleting its notice (delivery is then at least once), 1 elsewhere.
+func checkNoSilentLoss(t *testing.T, w *sinaWorld, keys []store.Key, sinkEvents []map[string]any, maxEvents int) int {
 	t.Helper()
 	events := map[string]int{}
 	for _, ev := range sinkEvents {
@@ -244,11 +246,10 @@ func checkNoSilentLoss(t *testing.T, w *sinaWorld, keys []store.Key, sinkEvents 
 			}
 		case store.StatusNeedsReauth:
 			lost++
-			// Delivery is at least once: a worker killed between publishing
-			// the event and deleting its notice leaves the notice for the
-			// tick, which sends it again. Never none, at most that once more.
-			if events[k.Connection] < 1 || events[k.Connection] > 2 {
-				t.Errorf("%s needs re-authorization with %d events, want 1 (2 if a kill fell between publishing and deleting the notice)", k, events[k.Connection])
+			// Never none. Where a worker can be killed between publishing
+			// the event and deleting its notice, the tick sends it again.
+			if events[k.Connection] < 1 || events[k.Connection] > maxEvents {
+				t.Errorf("%s needs re-authorization with %d events, want 1 to %d", k, events[k.Connection], maxEvents)
 			}
 		default:
 			t.Errorf("%s ended %s", k, c.Status)
@@ -332,7 +333,7 @@ func TestFanOutKilledWorkerLosesNothingSilently(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := checkNoSilentLoss(t, w, keys, evs)
+	lost := checkNoSilentLoss(t, w, keys, evs, 2)
 	if lost != rotated {
 		t.Errorf("%d grants lost, want exactly the %d whose rotation the kill cut off", lost, rotated)
 	}
@@ -450,7 +451,7 @@ func TestFanOutChaosKilledWorkersNeverLoseAGrantSilently(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := checkNoSilentLoss(t, w, keys, evs)
+	lost := checkNoSilentLoss(t, w, keys, evs, 2)
 	if workerKills.Load() == 0 || ticks.Load() == 0 || served.Load() == 0 {
 		t.Fatalf("the run did nothing: %d worker kills, %d ticks, %d tokens served", workerKills.Load(), ticks.Load(), served.Load())
 	}
