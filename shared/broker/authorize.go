@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"errors"
-	"maps"
 	"net/url"
 	"strings"
 	"time"
@@ -392,7 +391,9 @@ type grantWrite func(pre store.Precondition, notices []store.Notice) (*store.Wri
 // tokens are revoked after the write, only where the provider's revocation
 // is per token. Without replace, an existing connection is a conflict.
 // It returns whether the connection is new and the grant it replaced (nil
-// when new, or when the stored item could not be decoded).
+// when new, or when the stored item could not be decoded). An import that
+// made the live grant already writes nothing and returns that grant with
+// errAlreadyImported.
 func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection, via string, replace bool, prepare grantWrite) (created bool, old *store.Connection, err error) {
 	st := e.store
 	until := b.now().Add(b.budget().Commit)
@@ -436,13 +437,15 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		switch {
 		case old == nil && errors.Is(err, store.ErrNotFound):
 			pre = store.Precondition{} // deleted meanwhile: create it
-		case !replace && via == "import" && old != nil && old.Status == store.StatusActive &&
-			old.AccessToken == conn.AccessToken && old.RefreshToken == conn.RefreshToken &&
-			maps.Equal(old.Metadata, conn.Metadata) && maps.Equal(old.Extra, conn.Extra):
-			// The same grant is stored and live: this import already
-			// applied (a retry after its answer was lost), or is a no-op.
-			// Nothing is written again and no event is sent twice.
-			return true, nil, nil
+		case via == "import" && old != nil && old.Status == store.StatusActive &&
+			conn.ImportedAs != "" && old.ImportedAs == conn.ImportedAs:
+			// The live grant was made by this same import request (a retry
+			// after its answer was lost), perhaps refreshed since: writing
+			// it again would bring back spent tokens. Nothing is written,
+			// no event is sent twice, and the stored grant is the answer.
+			// Without replace that import created the connection; with it,
+			// it most likely replaced one.
+			return !replace, old, errAlreadyImported
 		case !replace:
 			return false, nil, Errorf(CodeConflict, "connection %s exists; send \"replace\": true to replace its grant", conn.Key)
 		case old == nil:
@@ -453,6 +456,10 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		}
 	}
 }
+
+// errAlreadyImported says an import found the live grant made by the same
+// import request: nothing was written.
+var errAlreadyImported = errors.New("broker: the live grant was made by this import")
 
 // revokeReplaced revokes, where the provider's revocation is per token,
 // the grant a new authorization replaced, so no live credential of it is

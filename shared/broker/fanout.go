@@ -257,6 +257,12 @@ func (b *Broker) Work(ctx context.Context, units []Unit) (*Summary, []bool) {
 		case err != nil:
 			b.log().ErrorContext(ctx, "unit claim cannot be taken; the message comes back", "provider", u.Provider, "shard", u.Shard, "error", err.Error())
 			retry[i] = true
+			// The take may have applied with every answer lost: let go of
+			// this holder's hold, or the redelivery would find the unit
+			// held and drop it.
+			if lerr := c.store.LetGoUnit(ctx, u.Provider, u.Shard, u.Token, holder); lerr != nil {
+				b.log().WarnContext(ctx, "unit hold not let go; it runs out by itself", "provider", u.Provider, "shard", u.Shard, "error", lerr.Error())
+			}
 		case !took:
 			b.log().InfoContext(ctx, "unit superseded, done or held by another worker; message dropped", "provider", u.Provider, "shard", u.Shard)
 		default:

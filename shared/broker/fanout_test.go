@@ -222,30 +222,56 @@ func TestFanOutDuplicateDeliveryIsWorkedOnce(t *testing.T) {
 	}
 }
 
-// A worker's take whose answer is lost (the connection resets after
-// DynamoDB applied it) is retried by the SDK; the retry finds the
-// worker's own hold and must take it, not drop the message.
+// Claims and holds whose answers are lost (the connection resets after
+// DynamoDB applied the write) are retried by the SDK, and each retry must
+// find its own write: the tick's claim is queued, not counted as someone
+// else's; a worker's take is kept, not dropped; and a take whose every
+// answer was lost is let go, so the redelivered message works the unit.
 func TestFanOutRetriedTakeKeepsTheUnit(t *testing.T) {
 	f, proxy := faultyFixture(t)
 	ctx := context.Background()
 	name, o2, _ := ownProvider(t, f)
 	const n = 4
+	shards := map[string]bool{}
 	for i := range n {
-		f.authorize(t, store.Key{Provider: name, Connection: fmt.Sprintf("r%02d", i)})
+		k := store.Key{Provider: name, Connection: fmt.Sprintf("r%02d", i)}
+		f.authorize(t, k)
+		shards[f.store.DueShard(k)] = true
 	}
 	q := &memQueue{}
 	f.b.Queue = q
 	f.clock.Add(56 * time.Minute)
-	if _, err := f.b.Tick(ctx); err != nil {
-		t.Fatal(err)
+	proxy.Inject("PutItem", ddbfault.Fault{Kind: ddbfault.ResetAfterForward, Match: "unit_token"}, 1)
+	if sum, err := f.b.Tick(ctx); err != nil || sum.Queued != len(shards) || sum.AlreadyQueued != 0 {
+		t.Fatalf("tick after a lost claim answer: %+v %v; want %d queued", sum, err, len(shards))
 	}
 	worker := f.sibling(t)
 	worker.Config = f.b.Config
 	calls := o2.RefreshCalls()
+	units := q.take()
 	proxy.Inject("UpdateItem", ddbfault.Fault{Kind: ddbfault.ResetAfterForward, Match: "unit_taken"}, 1)
-	sum, retry := worker.Work(ctx, q.take())
+	sum, retry := worker.Work(ctx, units)
 	if sum.Refreshed != n || strings.Contains(fmt.Sprint(retry), "true") || o2.RefreshCalls()-calls != n {
 		t.Fatalf("worker after a lost take answer: %+v retry %v, %d provider calls; want all %d refreshed", sum, retry, o2.RefreshCalls()-calls, n)
+	}
+
+	// Every attempt of the take loses its answer: the message comes back,
+	// and its redelivery (another worker) works the unit at once.
+	f.clock.Add(56 * time.Minute)
+	if _, err := f.b.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	units = q.take()
+	// The SDK makes three attempts; each loses its answer.
+	proxy.Inject("UpdateItem", ddbfault.Fault{Kind: ddbfault.ResetAfterForward, Match: "unit_taken"}, 3)
+	sum, retry = worker.Work(ctx, units[:1])
+	if sum.Refreshed != 0 || fmt.Sprint(retry) != "[true]" || proxy.Pending("UpdateItem") != 0 {
+		t.Fatalf("worker whose take lost every answer: %+v retry %v; want its message back", sum, retry)
+	}
+	other := f.sibling(t)
+	other.Config = f.b.Config
+	if sum, _ = other.Work(ctx, units); sum.Refreshed != n || o2.RefreshCalls()-calls != 2*n {
+		t.Fatalf("redelivery: %+v, %d provider calls; want %d more refreshed", sum, o2.RefreshCalls()-calls-n, n)
 	}
 }
 

@@ -116,6 +116,52 @@ func TestImportReplacesOnlyWithReplace(t *testing.T) {
 	}
 }
 
+// An import whose answer was lost is retried after the broker has already
+// refreshed the grant it made (an import without expiry is refreshed at
+// once): the retry, with or without replace, is recognised as the import
+// that made the grant and writes nothing, so the spent refresh token is
+// never written back. The same tokens asked with a different scope are a
+// different import: conflict.
+func TestRetriedImportAfterARefreshKeepsTheRefreshedGrant(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	src := store.Key{Provider: devstack.OAuth2, Connection: "imp-retry-src"}
+	f.authorize(t, src)
+	s, err := f.store.Get(ctx, src, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := store.Key{Provider: devstack.OAuth2, Connection: "imp-retry"}
+	req := broker.ImportRequest{Key: k, RefreshToken: s.RefreshToken, Metadata: map[string]string{"tenant": "t1"}}
+	if _, created, err := f.b.Import(ctx, req); err != nil || !created {
+		t.Fatalf("import: created %v, %v", created, err)
+	}
+	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k}); err != nil {
+		t.Fatal(err)
+	}
+	refreshed, _ := f.store.Get(ctx, k, true)
+	if refreshed.RefreshToken == s.RefreshToken {
+		t.Fatal("the emulator did not rotate the refresh token; the test shows nothing")
+	}
+	for _, replace := range []bool{false, true} {
+		req.Replace = replace
+		st, created, err := f.b.Import(ctx, req)
+		if err != nil || created == replace || st == nil || !st.ExpiresAt.Equal(refreshed.ExpiresAt) {
+			t.Fatalf("retried import (replace %v): %+v created %v, %v; want the refreshed grant", replace, st, created, err)
+		}
+		if now, _ := f.store.Get(ctx, k, true); now.Fence() != refreshed.Fence() || now.RefreshToken != refreshed.RefreshToken {
+			t.Fatalf("retried import (replace %v) wrote: at %v, was at %v", replace, now.Fence(), refreshed.Fence())
+		}
+	}
+	req.Replace, req.Scope = false, "more"
+	if _, _, err := f.b.Import(ctx, req); broker.ErrorCode(err) != broker.CodeConflict {
+		t.Fatalf("the same tokens with another scope: %v, want conflict", err)
+	}
+	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
+		t.Fatalf("the grant after the retries: %v", err)
+	}
+}
+
 func TestPrincipal(t *testing.T) {
 	for in, want := range map[string]string{
 		"arn:aws:sts::111122223333:assumed-role/app-backend/i-0abc":     "arn:aws:iam::111122223333:role/app-backend",

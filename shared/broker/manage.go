@@ -2,8 +2,11 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -214,9 +217,17 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 		conn.ExpiresAt = now // unknown: refresh at once
 	}
 	scheduleRefresh(conn, e.cfg, now)
-	created, _, err = b.storeGrant(ctx, e, conn, "import", req.Replace, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
+	conn.ImportedAs = importDigest(req)
+	created, stored, err := b.storeGrant(ctx, e, conn, "import", req.Replace, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
 		return e.store.PrepareReplace(conn, pre, notices...)
 	})
+	if errors.Is(err, errAlreadyImported) {
+		// The grant this very import made, refreshed or not since: the
+		// import is not written again; the answer is the grant as it is.
+		b.log().InfoContext(ctx, "import already applied; nothing written", "audit", true, "caller", req.Caller, "provider", req.Key.Provider,
+			"connection", req.Key.Connection)
+		return &Status{Key: req.Key, Status: stored.Status, ExpiresAt: stored.ExpiresAt, RefreshedAt: stored.RefreshedAt, Metadata: stored.Metadata}, created, nil
+	}
 	if err != nil {
 		if ErrorCode(err) == CodeConflict {
 			b.log().WarnContext(ctx, "import refused: the connection exists and replace was not asked", "audit", true, "caller", req.Caller,
@@ -227,4 +238,21 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 	b.log().InfoContext(ctx, "connection imported", "audit", true, "caller", req.Caller, "provider", req.Key.Provider,
 		"connection", req.Key.Connection, "created", created, "token_fingerprint", store.Fingerprint(conn.AccessToken))
 	return &Status{Key: req.Key, Status: conn.Status, ExpiresAt: conn.ExpiresAt, RefreshedAt: conn.RefreshedAt, Metadata: conn.Metadata}, created, nil
+}
+
+// importDigest names an import request by everything it asks to store, so
+// that the same request sent again (a retry after a lost answer) is
+// recognised. expires_in is taken as sent, not as the time it makes.
+func importDigest(req ImportRequest) string {
+	body, err := json.Marshal(struct {
+		Provider, Connection, Access, Refresh, TokenType, Scope string
+		ExpiresIn                                               *int64
+		ExpiresAt                                               *time.Time
+		Extra, Metadata                                         map[string]string
+	}{req.Key.Provider, req.Key.Connection, req.AccessToken, req.RefreshToken, req.TokenType, req.Scope, req.ExpiresIn, req.ExpiresAt, req.Extra, req.Metadata})
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:16])
 }

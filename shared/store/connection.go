@@ -72,6 +72,11 @@ type Connection struct {
 	// announced (Connection Refresh Failing), so it is announced once and
 	// its end (Connection Recovered) can be.
 	FailingNotified bool
+	// ImportedAs is a digest of the import request that created this
+	// grant (empty for one that came any other way). A refresh keeps it, a
+	// new grant drops it: the same import sent again is recognised as the
+	// one that made the grant, however often it was refreshed since.
+	ImportedAs string
 	// RefreshDenied, when set, says why the provider will not refresh this
 	// grant (the app lacks the permission): the token is served until it
 	// expires and the connection then needs re-authorization.
@@ -124,6 +129,7 @@ type connectionItem struct {
 	FailingNotified  bool              `dynamodbav:"failing_notified,omitempty"`
 	RefreshDenied    string            `dynamodbav:"refresh_denied,omitempty"`
 	RetryAtMs        int64             `dynamodbav:"retry_at,omitempty"`
+	ImportedAs       string            `dynamodbav:"imported_as,omitempty"`
 	// RefreshedAtMs is refreshed_at to the millisecond (refreshed_at stays
 	// in seconds for what reads it): a forced refresh compares it with
 	// when the request arrived.
@@ -172,7 +178,7 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 		Extra: c.Extra, Metadata: c.Metadata, Status: string(c.Status), Generation: c.Generation, Version: c.Version, WriteID: writeID,
 		LeaseOwner: c.LeaseOwner, RefreshedAt: unixOrZero(c.RefreshedAt), CreatedAt: unixOrZero(c.CreatedAt),
 		LastError: truncate(c.LastError, maxText), LastErrorAt: unixOrZero(c.LastErrorAt), Attempts: c.Attempts,
-		FailingNotified: c.FailingNotified, RefreshDenied: truncate(c.RefreshDenied, maxText),
+		FailingNotified: c.FailingNotified, RefreshDenied: truncate(c.RefreshDenied, maxText), ImportedAs: truncate(c.ImportedAs, 64),
 	}
 	if it.Status == "" {
 		it.Status = string(StatusActive)
@@ -267,7 +273,7 @@ func (it *connectionItem) clear() *Connection {
 		Extra: it.Extra, Metadata: it.Metadata, Status: Status(it.Status), Generation: it.Generation, Version: it.Version,
 		LeaseOwner: it.LeaseOwner, RefreshAt: timeOrZero(it.RefreshAt), RefreshedAt: timeOrZero(it.RefreshedAt),
 		CreatedAt: timeOrZero(it.CreatedAt), LastError: it.LastError, LastErrorAt: timeOrZero(it.LastErrorAt),
-		Attempts: it.Attempts, FailingNotified: it.FailingNotified, RefreshDenied: it.RefreshDenied,
+		Attempts: it.Attempts, FailingNotified: it.FailingNotified, RefreshDenied: it.RefreshDenied, ImportedAs: it.ImportedAs,
 	}
 	if it.LeaseUntilMs != 0 {
 		c.LeaseUntil = time.UnixMilli(it.LeaseUntilMs).UTC()

@@ -81,7 +81,12 @@ func (s *Store) ClaimUnit(ctx context.Context, provider string, shard int, token
 	if err := validUnit(provider, shard); err != nil || token == "" {
 		return false, fmt.Errorf("%w: a unit claim needs a unit and a token", ErrInvalid)
 	}
-	cond := expression.AttributeNotExists(expression.Name("pk")).Or(expression.Name("unit_until").LessThan(expression.Value(now.UnixMilli())))
+	// The caller's own token too: the SDK's retry of a put that applied
+	// but whose answer was lost must find its claim, not count the unit
+	// as queued by someone else (no message would be sent for it).
+	cond := expression.AttributeNotExists(expression.Name("pk")).
+		Or(expression.Name("unit_until").LessThan(expression.Value(now.UnixMilli()))).
+		Or(expression.Name("unit_token").Equal(expression.Value(token)))
 	e, err := buildExpr(expression.NewBuilder().WithCondition(cond))
 	if err != nil {
 		return false, err
