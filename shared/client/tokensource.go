@@ -143,7 +143,14 @@ func (s *tokenSource) heal(rejected string) (*cachedToken, error) {
 	}
 	key := s.provider + "\x00" + s.connection + "\x00" + rejected
 	v, err, _ := s.client.heals.Do(key, func() (any, error) {
-		return s.client.Refresh(s.ctx, s.provider, s.connection, rejected)
+		tok, err := s.client.Refresh(s.ctx, s.provider, s.connection, rejected)
+		if err == nil {
+			// Cached before the flight ends: a caller whose request with
+			// the rejected token comes back just after must find the new
+			// token here, not start a second flight.
+			s.keep(newCachedToken(tok, s.minTTL, s.client.now()), rejected)
+		}
+		return tok, err
 	})
 	if err != nil {
 		// The broker says the grant is gone: the cached token is known to
@@ -157,10 +164,16 @@ func (s *tokenSource) heal(rejected string) (*cachedToken, error) {
 		return nil, err
 	}
 	t := newCachedToken(v.(*Token), s.minTTL, s.client.now())
+	s.keep(t, rejected) // for another source of the Client that shared the flight
+	return t, nil
+}
+
+// keep caches t, which replaces rejected, unless the cache already holds
+// a fresh token other than rejected.
+func (s *tokenSource) keep(t *cachedToken, rejected string) {
 	if old := s.cached.Load(); old == nil || old.token.AccessToken == rejected || !old.fresh(s.client.now()) {
 		s.cached.Store(t)
 	}
-	return t, nil
 }
 
 // newCachedToken works out, for a token fetched at now, when it goes
