@@ -434,18 +434,26 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		case <-time.After(pause + b.jitter(pause)):
 		}
 		old = w.Existing
+		if via == "import" && old != nil && old.Status == store.StatusActive &&
+			importedTokens(conn.ImportedAs) != "" && importedTokens(old.ImportedAs) == importedTokens(conn.ImportedAs) {
+			switch {
+			case importedRequest(old.ImportedAs) == importedRequest(conn.ImportedAs):
+				// The live grant was made by this same import request (a
+				// retry after its answer was lost), perhaps refreshed
+				// since. Nothing is written, no event is sent twice, and
+				// the stored grant is the answer, as the import made it.
+				return createdByImport(old.ImportedAs), old, errAlreadyImported
+			case old.AccessToken != conn.AccessToken || old.RefreshToken != conn.RefreshToken:
+				// The same tokens in a request built anew (expires_in
+				// counted again, metadata changed), after the broker has
+				// refreshed the grant they started: writing them back
+				// would bring back spent tokens, replace or not.
+				return false, nil, Errorf(CodeConflict, "connection %s holds the grant these tokens were imported with, refreshed since; importing them again would bring back spent tokens, so nothing changed (to change its metadata, import the tokens it holds now, or re-authorize)", conn.Key)
+			}
+		}
 		switch {
 		case old == nil && errors.Is(err, store.ErrNotFound):
 			pre = store.Precondition{} // deleted meanwhile: create it
-		case via == "import" && old != nil && old.Status == store.StatusActive &&
-			conn.ImportedAs != "" && old.ImportedAs == conn.ImportedAs:
-			// The live grant was made by this same import request (a retry
-			// after its answer was lost), perhaps refreshed since: writing
-			// it again would bring back spent tokens. Nothing is written,
-			// no event is sent twice, and the stored grant is the answer.
-			// Without replace that import created the connection; with it,
-			// it most likely replaced one.
-			return !replace, old, errAlreadyImported
 		case !replace:
 			return false, nil, Errorf(CodeConflict, "connection %s exists; send \"replace\": true to replace its grant", conn.Key)
 		case old == nil:

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -143,19 +144,35 @@ func TestRetriedImportAfterARefreshKeepsTheRefreshedGrant(t *testing.T) {
 	if refreshed.RefreshToken == s.RefreshToken {
 		t.Fatal("the emulator did not rotate the refresh token; the test shows nothing")
 	}
+	unchanged := func(what string) {
+		t.Helper()
+		if now, _ := f.store.Get(ctx, k, true); now.Fence() != refreshed.Fence() || now.RefreshToken != refreshed.RefreshToken {
+			t.Fatalf("%s wrote: at %v, was at %v", what, now.Fence(), refreshed.Fence())
+		}
+	}
 	for _, replace := range []bool{false, true} {
 		req.Replace = replace
 		st, created, err := f.b.Import(ctx, req)
-		if err != nil || created == replace || st == nil || !st.ExpiresAt.Equal(refreshed.ExpiresAt) {
+		// Answered as the import that made the grant was: it created it.
+		if err != nil || !created || st == nil || !st.ExpiresAt.Equal(refreshed.ExpiresAt) {
 			t.Fatalf("retried import (replace %v): %+v created %v, %v; want the refreshed grant", replace, st, created, err)
 		}
-		if now, _ := f.store.Get(ctx, k, true); now.Fence() != refreshed.Fence() || now.RefreshToken != refreshed.RefreshToken {
-			t.Fatalf("retried import (replace %v) wrote: at %v, was at %v", replace, now.Fence(), refreshed.Fence())
-		}
+		unchanged(fmt.Sprintf("retried import (replace %v)", replace))
 	}
-	req.Replace, req.Scope = false, "more"
-	if _, _, err := f.b.Import(ctx, req); broker.ErrorCode(err) != broker.CodeConflict {
-		t.Fatalf("the same tokens with another scope: %v, want conflict", err)
+	// The same tokens in a request built anew (another scope, expires_in
+	// counted again): they started the grant and are spent now, so they
+	// are not written back, even with replace.
+	for _, change := range []func(*broker.ImportRequest){
+		func(r *broker.ImportRequest) { r.Scope = "more" },
+		func(r *broker.ImportRequest) { r.ExpiresIn, r.Replace = ptr(int64(59)), true },
+	} {
+		again := req
+		again.Replace = false
+		change(&again)
+		if _, _, err := f.b.Import(ctx, again); broker.ErrorCode(err) != broker.CodeConflict {
+			t.Fatalf("the imported tokens again in another request %+v: %v, want conflict", again, err)
+		}
+		unchanged("the imported tokens in another request")
 	}
 	if _, err := f.b.Token(ctx, broker.TokenRequest{Key: k, Force: true}); err != nil {
 		t.Fatalf("the grant after the retries: %v", err)

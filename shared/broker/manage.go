@@ -217,8 +217,8 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 		conn.ExpiresAt = now // unknown: refresh at once
 	}
 	scheduleRefresh(conn, e.cfg, now)
-	conn.ImportedAs = importDigest(req)
 	created, stored, err := b.storeGrant(ctx, e, conn, "import", req.Replace, func(pre store.Precondition, notices []store.Notice) (*store.Write, error) {
+		conn.ImportedAs = importDigest(req, !pre.Replace)
 		return e.store.PrepareReplace(conn, pre, notices...)
 	})
 	if errors.Is(err, errAlreadyImported) {
@@ -240,19 +240,48 @@ func (b *Broker) Import(ctx context.Context, req ImportRequest) (st *Status, cre
 	return &Status{Key: req.Key, Status: conn.Status, ExpiresAt: conn.ExpiresAt, RefreshedAt: conn.RefreshedAt, Metadata: conn.Metadata}, created, nil
 }
 
-// importDigest names an import request by everything it asks to store, so
-// that the same request sent again (a retry after a lost answer) is
-// recognised. expires_in is taken as sent, not as the time it makes.
-func importDigest(req ImportRequest) string {
-	body, err := json.Marshal(struct {
+// importDigest names an import request, for the grant it makes: a mark
+// ("c" when the import created the connection, "r" when it replaced one),
+// a digest of the token pair, and a digest of everything the request asks
+// to store, so that the same request sent again (a retry after a lost
+// answer) is recognised, and so is the same token pair in a request built
+// anew. expires_in is taken as sent, not as the time it makes.
+func importDigest(req ImportRequest, created bool) string {
+	mark := "r"
+	if created {
+		mark = "c"
+	}
+	return mark + ":" + digest(struct{ Access, Refresh string }{req.AccessToken, req.RefreshToken}) + ":" + digest(struct {
 		Provider, Connection, Access, Refresh, TokenType, Scope string
 		ExpiresIn                                               *int64
 		ExpiresAt                                               *time.Time
 		Extra, Metadata                                         map[string]string
 	}{req.Key.Provider, req.Key.Connection, req.AccessToken, req.RefreshToken, req.TokenType, req.Scope, req.ExpiresIn, req.ExpiresAt, req.Extra, req.Metadata})
+}
+
+func digest(v any) string {
+	body, err := json.Marshal(v)
 	if err != nil {
 		return ""
 	}
 	sum := sha256.Sum256(body)
 	return hex.EncodeToString(sum[:16])
 }
+
+// importedTokens and importedRequest read back the parts of an import
+// digest; createdByImport whether that import created the connection.
+func importedTokens(d string) string {
+	if parts := strings.Split(d, ":"); len(parts) == 3 {
+		return parts[1]
+	}
+	return ""
+}
+
+func importedRequest(d string) string {
+	if parts := strings.Split(d, ":"); len(parts) == 3 {
+		return parts[2]
+	}
+	return ""
+}
+
+func createdByImport(d string) bool { return strings.HasPrefix(d, "c:") }

@@ -281,3 +281,50 @@ func TestQueryTokenReplacesOnlyItsParameter(t *testing.T) {
 		t.Fatalf("sent %q", seen)
 	}
 }
+
+// A caller that loaded the rejected token from the cache just before the
+// leader's heal stored the new one, and reaches the flight group just
+// after that flight ended, must not send a second Refresh: the new flight
+// finds the first one's answer still cached. The pause is injected through
+// the clock, right after the load in heal's first check (the interleaving
+// a preemption gives). Kept from a review.
+func TestLateHealerAfterAFlightEndedDoesNotRefreshAgain(t *testing.T) {
+	f := newFakeRoutes(t,
+		func(_ int64, _ []byte, w http.ResponseWriter) { writeToken(w, "t1", time.Now().Add(time.Hour)) },
+		func(n int64, _ []byte, w http.ResponseWriter) { writeToken(w, "t2", time.Now().Add(time.Hour)) })
+	c := newTestClient(t, f.URL)
+	var armed atomic.Bool
+	atCheck, resume := make(chan struct{}), make(chan struct{})
+	c.now = func() time.Time {
+		if armed.CompareAndSwap(true, false) {
+			close(atCheck)
+			<-resume
+		}
+		return time.Now()
+	}
+	s := c.TokenSource(t.Context(), "gh", "alice", time.Minute).(*tokenSource)
+	if _, err := s.Token(); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	done := make(chan *cachedToken)
+	go func() { // B: its request with t1 came back 401
+		tok, err := s.heal("t1")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- tok
+	}()
+	<-atCheck                                                                  // B has loaded t1 from the cache
+	if tok, err := s.heal("t1"); err != nil || tok.token.AccessToken != "t2" { // A heals, flight ends
+		t.Fatalf("A: %v %v", tok, err)
+	}
+	if got := s.cached.Load().token.AccessToken; got != "t2" {
+		t.Fatalf("cache %q after A", got)
+	}
+	close(resume)
+	<-done
+	if n := f.refreshes.Load(); n != 1 {
+		t.Fatalf("%d Refresh requests for one rejected token, want 1", n)
+	}
+}

@@ -71,6 +71,14 @@ type tokenSource struct {
 
 	cached atomic.Pointer[cachedToken]
 	flight singleflight.Group
+	// healed is this source's last heal: the rejected token and what the
+	// broker gave for it.
+	healed atomic.Pointer[healAnswer]
+}
+
+type healAnswer struct {
+	rejected string
+	token    *Token
 }
 
 // cachedToken is a fetched token and when it stops being good enough.
@@ -143,11 +151,19 @@ func (s *tokenSource) heal(rejected string) (*cachedToken, error) {
 	}
 	key := s.provider + "\x00" + s.connection + "\x00" + rejected
 	v, err, _ := s.client.heals.Do(key, func() (any, error) {
+		// A flight for this token that ended while this caller was on its
+		// way may have answered it already, and its answer is still the
+		// cached token: no second Refresh.
+		if h := s.healed.Load(); h != nil && h.rejected == rejected {
+			if t := s.cached.Load(); t.fresh(s.client.now()) && t.token.AccessToken == h.token.AccessToken {
+				return h.token, nil
+			}
+		}
 		tok, err := s.client.Refresh(s.ctx, s.provider, s.connection, rejected)
 		if err == nil {
-			// Cached before the flight ends: a caller whose request with
-			// the rejected token comes back just after must find the new
-			// token here, not start a second flight.
+			// Cached before the flight ends, so that a caller whose request
+			// with the rejected token comes back just after finds it.
+			s.healed.Store(&healAnswer{rejected: rejected, token: tok})
 			s.keep(newCachedToken(tok, s.minTTL, s.client.now()), rejected)
 		}
 		return tok, err

@@ -72,10 +72,11 @@ type Connection struct {
 	// announced (Connection Refresh Failing), so it is announced once and
 	// its end (Connection Recovered) can be.
 	FailingNotified bool
-	// ImportedAs is a digest of the import request that created this
-	// grant (empty for one that came any other way). A refresh keeps it, a
-	// new grant drops it: the same import sent again is recognised as the
-	// one that made the grant, however often it was refreshed since.
+	// ImportedAs names the import request that made this grant (empty
+	// for one that came any other way): whether it created the
+	// connection, a digest of its token pair and one of the whole request.
+	// A refresh keeps it, a new grant drops it, so the same import sent
+	// again is recognised however often the grant was refreshed since.
 	ImportedAs string
 	// RefreshDenied, when set, says why the provider will not refresh this
 	// grant (the app lacks the permission): the token is served until it
@@ -178,7 +179,7 @@ func (s *Store) toItem(c *Connection, writeID string) (map[string]types.Attribut
 		Extra: c.Extra, Metadata: c.Metadata, Status: string(c.Status), Generation: c.Generation, Version: c.Version, WriteID: writeID,
 		LeaseOwner: c.LeaseOwner, RefreshedAt: unixOrZero(c.RefreshedAt), CreatedAt: unixOrZero(c.CreatedAt),
 		LastError: truncate(c.LastError, maxText), LastErrorAt: unixOrZero(c.LastErrorAt), Attempts: c.Attempts,
-		FailingNotified: c.FailingNotified, RefreshDenied: truncate(c.RefreshDenied, maxText), ImportedAs: truncate(c.ImportedAs, 64),
+		FailingNotified: c.FailingNotified, RefreshDenied: truncate(c.RefreshDenied, maxText), ImportedAs: truncate(c.ImportedAs, 80),
 	}
 	if it.Status == "" {
 		it.Status = string(StatusActive)
