@@ -434,15 +434,19 @@ func (b *Broker) storeGrant(ctx context.Context, e *env, conn *store.Connection,
 		case <-time.After(pause + b.jitter(pause)):
 		}
 		old = w.Existing
-		if via == "import" && old != nil && old.Status == store.StatusActive &&
-			importedTokens(conn.ImportedAs) != "" && importedTokens(old.ImportedAs) == importedTokens(conn.ImportedAs) {
+		// Only an import names its request (conn.ImportedAs).
+		_, tokens, request := importParts(conn.ImportedAs)
+		if old != nil && old.Status == store.StatusActive && tokens != "" {
+			oldCreated, oldTokens, oldRequest := importParts(old.ImportedAs)
 			switch {
-			case importedRequest(old.ImportedAs) == importedRequest(conn.ImportedAs):
+			case oldTokens != tokens:
+				// Another grant: the usual rules below.
+			case oldRequest == request:
 				// The live grant was made by this same import request (a
 				// retry after its answer was lost), perhaps refreshed
 				// since. Nothing is written, no event is sent twice, and
 				// the stored grant is the answer, as the import made it.
-				return createdByImport(old.ImportedAs), old, errAlreadyImported
+				return oldCreated, old, errAlreadyImported
 			case old.AccessToken != conn.AccessToken || old.RefreshToken != conn.RefreshToken:
 				// The same tokens in a request built anew (expires_in
 				// counted again, metadata changed), after the broker has
@@ -486,16 +490,27 @@ func (b *Broker) revokeReplaced(ctx context.Context, e *env, old, now *store.Con
 	if token == "" || current(token) {
 		return
 	}
+	if err := b.revokeWithin(ctx, e, token, hint); err != nil {
+		b.log().WarnContext(ctx, "revoking the replaced grant failed", "provider", old.Provider, "connection", old.Connection,
+			"token_fingerprint", store.Fingerprint(token), "error", err.Error())
+	}
+}
+
+// revokeWithin revokes token at the provider within what is left of the
+// provider budget, and outlives the caller's cancel (the write it follows
+// is done). Nothing is tried without time left; a provider that has no
+// revocation is not an error.
+func (b *Broker) revokeWithin(ctx context.Context, e *env, token, hint string) error {
 	left := b.left(ctx, b.budget().Provider)
 	if left <= 0 {
-		return
+		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
 	defer cancel()
 	if err := e.client.Revoke(rctx, token, hint); err != nil && !errors.Is(err, provider.ErrNotSupported) {
-		b.log().WarnContext(ctx, "revoking the replaced grant failed", "provider", old.Provider, "connection", old.Connection,
-			"token_fingerprint", store.Fingerprint(token), "error", err.Error())
+		return err
 	}
+	return nil
 }
 
 // applyTokens writes a provider's answer onto a connection. A refresh

@@ -268,20 +268,13 @@ func digest(v any) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-// importedTokens and importedRequest read back the parts of an import
-// digest; createdByImport whether that import created the connection.
-func importedTokens(d string) string {
-	if parts := strings.Split(d, ":"); len(parts) == 3 {
-		return parts[1]
+// importParts reads an import digest back: whether that import created
+// the connection, and the digests of its token pair and of its request
+// (empty for a grant no import made).
+func importParts(d string) (created bool, tokens, request string) {
+	parts := strings.Split(d, ":")
+	if len(parts) != 3 {
+		return false, "", ""
 	}
-	return ""
+	return parts[0] == "c", parts[1], parts[2]
 }
-
-func importedRequest(d string) string {
-	if parts := strings.Split(d, ":"); len(parts) == 3 {
-		return parts[2]
-	}
-	return ""
-}
-
-func createdByImport(d string) bool { return strings.HasPrefix(d, "c:") }

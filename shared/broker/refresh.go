@@ -223,13 +223,7 @@ func (b *Broker) revokeOrphan(ctx context.Context, e *env, c *store.Connection, 
 	if token == "" || token == c.RefreshToken {
 		token, hint = ts.AccessToken, "access_token"
 	}
-	left := b.left(ctx, b.budget().Provider)
-	if left <= 0 {
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
-	defer cancel()
-	if err := e.client.Revoke(rctx, token, hint); err != nil && !errors.Is(err, provider.ErrNotSupported) {
+	if err := b.revokeWithin(ctx, e, token, hint); err != nil {
 		b.log().WarnContext(ctx, "revoking the discarded tokens failed", "provider", c.Provider, "connection", c.Connection, "error", err.Error())
 	}
 }

@@ -126,24 +126,14 @@ func (s *Store) ClaimUnit(ctx context.Context, provider string, shard int, token
 // worker died runs out at until; then the next tick's claim, or the
 // message's redelivery, takes the unit.
 func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token, holder string, until, now time.Time) (bool, error) {
-	if err := s.check(); err != nil {
-		return false, err
-	}
-	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
-		return false, fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
-	}
 	free := expression.AttributeNotExists(expression.Name("unit_taken")).
 		Or(expression.Name("unit_taken").LessThan(expression.Value(now.UnixMilli()))).
 		Or(expression.Name("unit_holder").Equal(expression.Value(holder)))
-	e, err := buildExpr(expression.NewBuilder().
+	return s.holdWrite(ctx, provider, shard, token, holder, expression.NewBuilder().
 		WithCondition(expression.Name("unit_token").Equal(expression.Value(token)).And(free)).
 		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(until.UnixMilli())).
 			Set(expression.Name("unit_taken"), expression.Value(until.UnixMilli())).
 			Set(expression.Name("unit_holder"), expression.Value(holder))))
-	if err != nil {
-		return false, err
-	}
-	return s.updateUnit(ctx, provider, shard, e)
 }
 
 // LetGoUnit ends a hold whose work is not finished: the claim runs out at
@@ -152,20 +142,10 @@ func (s *Store) TakeUnit(ctx context.Context, provider string, shard int, token,
 // other is dropped). A claim or hold that is no longer holder's is left
 // alone.
 func (s *Store) LetGoUnit(ctx context.Context, provider string, shard int, token, holder string) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
-		return fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
-	}
-	e, err := buildExpr(expression.NewBuilder().
+	_, err := s.holdWrite(ctx, provider, shard, token, holder, expression.NewBuilder().
 		WithCondition(heldBy(token, holder)).
 		WithUpdate(expression.Set(expression.Name("unit_until"), expression.Value(int64(0))).
 			Remove(expression.Name("unit_taken")).Remove(expression.Name("unit_holder"))))
-	if err != nil {
-		return err
-	}
-	_, err = s.updateUnit(ctx, provider, shard, e)
 	return err
 }
 
@@ -173,8 +153,20 @@ func heldBy(token, holder string) expression.ConditionBuilder {
 	return expression.Name("unit_token").Equal(expression.Value(token)).And(expression.Name("unit_holder").Equal(expression.Value(holder)))
 }
 
-func (s *Store) updateUnit(ctx context.Context, provider string, shard int, e expression.Expression) (bool, error) {
-	_, err := s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+// holdWrite is one conditional write by a worker to a unit's claim: true
+// when it applied, false when its condition failed.
+func (s *Store) holdWrite(ctx context.Context, provider string, shard int, token, holder string, b expression.Builder) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
+		return false, fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
+	}
+	e, err := buildExpr(b)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
 		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
 		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
@@ -197,29 +189,11 @@ func (s *Store) updateUnit(ctx context.Context, provider string, shard int, e ex
 // unit again for nothing). A gone, newer or otherwise held claim is left
 // alone.
 func (s *Store) ReleaseUnit(ctx context.Context, provider string, shard int, token, holder string, settled time.Time) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	if err := validUnit(provider, shard); err != nil || token == "" || holder == "" {
-		return fmt.Errorf("%w: a unit hold needs a provider, a shard, a token and a holder", ErrInvalid)
-	}
-	e, err := buildExpr(expression.NewBuilder().
+	_, err := s.holdWrite(ctx, provider, shard, token, holder, expression.NewBuilder().
 		WithCondition(heldBy(token, holder)).
 		WithUpdate(expression.Set(expression.Name("unit_token"), expression.Value("done")).
 			Set(expression.Name("unit_until"), expression.Value(settled.UnixMilli()))))
-	if err != nil {
-		return err
-	}
-	_, err = s.DB.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: aws.String(s.Table), Key: keyAttr(unitPK(provider, shard)),
-		UpdateExpression: e.Update(), ConditionExpression: e.Condition(),
-		ExpressionAttributeNames: e.Names(), ExpressionAttributeValues: e.Values(),
-	})
-	var ccf *types.ConditionalCheckFailedException
-	if err != nil && !errors.As(err, &ccf) {
-		return fmt.Errorf("store: release unit %s#%d: %w", provider, shard, err)
-	}
-	return nil
+	return err
 }
 
 // DropClaim removes a claim whose message was never sent, if it is still

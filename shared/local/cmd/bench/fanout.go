@@ -42,8 +42,7 @@ type fanOutRun struct {
 	batch      int // the mapping's batch size (1 when zero)
 	backlog    int
 	elapsed    time.Duration
-	cpuBusy    float64 // the machine's CPU busy share during the run
-	load       string  // the machine's 1-minute load average when the run began
+	load       string // the machine's 1-minute load average when the run began
 	cpu        map[string]float64
 	invokes    int64
 	ticks      int
@@ -61,21 +60,24 @@ func (r fanOutRun) share() float64 { return r.rate() / r.bound() }
 // cores is how many CPUs the component kept busy on average during the run.
 func (r fanOutRun) cores(component string) float64 { return r.cpu[component] / r.elapsed.Seconds() }
 
-// cpuTimes reads the machine's busy and total jiffies from /proc/stat.
-func cpuTimes() (busy, total float64) {
+// cpuBusy is the machine's CPU busy share during the run.
+func (r fanOutRun) cpuBusy() float64 { return r.cores("machine") / float64(runtime.NumCPU()) }
+
+// cpuBusyTicks reads the machine's busy jiffies (all but idle and
+// iowait) from /proc/stat.
+func cpuBusyTicks() (busy float64) {
 	raw, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0
+		return 0
 	}
 	fields := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0])
 	for i, f := range fields[1:] {
-		v, _ := strconv.ParseFloat(f, 64)
-		total += v
 		if i != 3 && i != 4 { // idle, iowait
+			v, _ := strconv.ParseFloat(f, 64)
 			busy += v
 		}
 	}
-	return busy, total
+	return busy
 }
 
 // benchFanOut measures fan-out mode with the real bootstraps: the
@@ -136,7 +138,7 @@ func benchFanOut(ctx context.Context, e *benchEnv, rep *report, quick bool) erro
 	first := runs[0]
 	row := func(b *strings.Builder, r fanOutRun, scaling, check string) {
 		fmt.Fprintf(b, "| %d | %d | %d | %s | **%.0f/s** | %.0f/s | %.0f%% | %s | %s | %.0f%% | %s | %d | %d |\n", r.instances, r.concurrent, r.batch,
-			r.elapsed.Round(100*time.Millisecond), r.rate(), r.bound(), 100*r.share(), scaling, check, 100*r.cpuBusy, r.load, r.invokes, r.ticks)
+			r.elapsed.Round(100*time.Millisecond), r.rate(), r.bound(), 100*r.share(), scaling, check, 100*r.cpuBusy(), r.load, r.invokes, r.ticks)
 	}
 	var rows, singleRows strings.Builder
 	for i, r := range runs {
@@ -249,7 +251,7 @@ func fanOutBound(runs []fanOutRun, ceiling writeProbe) string {
 			"stand-ins and every worker process, is the bound from %d instances on, not the design: on Lambda each instance has its own CPU "+
 			"and DynamoDB spreads a table's writes over partitions.",
 			prev.instances, r.instances, eff, best.rate(), r.rate(), r.instances, r.instances,
-			1000*perRefresh, runtime.NumCPU(), ceilingCPU, 100*r.rate()/ceilingCPU, 100*r.cpuBusy, top, r.cores(top), r.cores(cpuWorkers), r.cores(cpuDynamo),
+			1000*perRefresh, runtime.NumCPU(), ceilingCPU, 100*r.rate()/ceilingCPU, 100*r.cpuBusy(), top, r.cores(top), r.cores(cpuWorkers), r.cores(cpuDynamo),
 			ceiling.rate/2, r.bound(), r.instances)
 	}
 	return "nothing on this machine: every ×4 step scaled by 0.8 or more."
@@ -291,7 +293,7 @@ func instanceBound(at8, at32 fanOutRun, probes []writeProbe) string {
 		100*at8.share(), at8.rate(), at8.bound(), beyond(at8), roundTrip(8), lat/0.9-lat)
 	s += fmt.Sprintf("At 32 it reached %.0f%% (%.0f/s of %.0f/s), %.1f ms beyond the answer per refresh, against 2 × %.1f ms for the writes at 32 writers; "+
 		"the machine's cores were %.0f%% busy, the worker itself %.2f cores and DynamoDB Local %.2f. ",
-		100*at32.share(), at32.rate(), at32.bound(), beyond(at32), roundTrip(32), 100*at32.cpuBusy, at32.cores(cpuWorkers), at32.cores(cpuDynamo))
+		100*at32.share(), at32.rate(), at32.bound(), beyond(at32), roundTrip(32), 100*at32.cpuBusy(), at32.cores(cpuWorkers), at32.cores(cpuDynamo))
 	if 2*at32.rate() >= 0.7*probes[len(probes)-1].rate {
 		s += fmt.Sprintf("What bounds it at 32 is DynamoDB Local's write rate: %.0f writes/s, against the probe's %.0f at %d writers. ",
 			2*at32.rate(), probes[len(probes)-1].rate, probes[len(probes)-1].conc)
@@ -346,7 +348,6 @@ func runFanOut(ctx context.Context, e *benchEnv, r *fanOutRun) error {
 	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
 		r.load = strings.Fields(string(raw))[0]
 	}
-	busy0, total0 := cpuTimes()
 	cpu0 := sampleCPU(e.bootstraps)
 	t0 := time.Now()
 	nextTick := t0
@@ -369,10 +370,6 @@ func runFanOut(ctx context.Context, e *benchEnv, r *fanOutRun) error {
 	}
 	r.elapsed = time.Since(t0)
 	r.cpu = cpuUse(cpu0, sampleCPU(e.bootstraps))
-	busy1, total1 := cpuTimes()
-	if total1 > total0 {
-		r.cpuBusy = (busy1 - busy0) / (total1 - total0)
-	}
 	r.calls, r.reuses = e.stack.Sina.RefreshCalls()-calls, e.stack.Sina.RefreshReuses()-reuses
 	r.invokes = mapping.Stats().Invokes
 	if r.itemBytes, err = connectionItemBytes(ctx, e, table); err != nil {
@@ -382,7 +379,7 @@ func runFanOut(ctx context.Context, e *benchEnv, r *fanOutRun) error {
 		return fmt.Errorf("fan-out with %d instances: %d provider refreshes for %d connections, %d reuses", r.instances, r.calls, r.backlog, r.reuses)
 	}
 	fmt.Fprintf(os.Stderr, "bench: fan-out %d instances × %d: %d in %v (%.0f/s), CPU busy %.0f%%, cores: workers %.2f DynamoDB Local %.2f moto %.2f bench %.2f other %.2f\n",
-		r.instances, r.concurrent, r.backlog, r.elapsed.Round(time.Millisecond), r.rate(), 100*r.cpuBusy,
+		r.instances, r.concurrent, r.backlog, r.elapsed.Round(time.Millisecond), r.rate(), 100*r.cpuBusy(),
 		r.cores(cpuWorkers), r.cores(cpuDynamo), r.cores(cpuMoto), r.cores(cpuBench), r.cores(cpuOther))
 	return nil
 }
