@@ -171,13 +171,16 @@ func (r *Runner) spawn() error {
 	r.mu.Unlock()
 	go func() {
 		_ = cmd.Wait()
-		close(exited)
+		// Forget the process before announcing its end: kill returns on
+		// exited, and an Invoke right after must see no process and start
+		// a new one, not hand its event to the dead one's closed channel.
 		r.mu.Lock()
 		cur := r.current
 		if r.proc == cmd {
 			r.proc = nil
 		}
 		r.mu.Unlock()
+		close(exited)
 		if cur != nil {
 			cur.finish(result{ferr: &FunctionError{Type: "Runtime.ExitError", Message: "the process exited before answering"}})
 		}
