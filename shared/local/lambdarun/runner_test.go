@@ -126,16 +126,17 @@ func TestInvokesAreSerialised(t *testing.T) {
 }
 
 func TestFunctionErrorCrashAndTimeout(t *testing.T) {
-	// 1.5 s: a cold start of a race-built binary on a busy machine can take
-	// half a second, and a timeout of its init is not what this tests.
-	r := start(t, "serve", 1500*time.Millisecond)
+	// 3 s: a cold start of a race-built binary can take over a second while
+	// make test runs every package at once, and a timeout of its init is
+	// not what this tests. The sleeping invoke costs only the timeout.
+	r := start(t, "serve", 3*time.Second)
 	_, err := call(t, r, command{Fail: "boom"})
 	var fe *lambdarun.FunctionError
 	if !errors.As(err, &fe) || fe.Message != "boom" {
 		t.Fatalf("function error: %v", err)
 	}
 	first, _ := call(t, r, command{})
-	_, err = call(t, r, command{SleepMs: 4000})
+	_, err = call(t, r, command{SleepMs: 20000})
 	if !errors.As(err, &fe) || fe.Type != "Sandbox.Timedout" {
 		t.Fatalf("timeout: %v", err)
 	}
