@@ -117,7 +117,7 @@ func TestForcedRefreshesSpendTheWeChatBudgetAndNoMore(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("wxbudget")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
 		"token_api": "token", "daily_quota_budget": 3}, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestForcedStableTokenRefreshKeepsWeChatsLimits(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("wxstable")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
 		"token_api": "stable_token", "stable_force_budget": 2}, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}

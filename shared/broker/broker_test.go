@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -82,6 +83,9 @@ type fixture struct {
 	table   string
 	env     map[string]string
 	mw      *lockedWriter
+	// stack is the shared stack under this fixture's own SSM prefix: the
+	// providers a test registers there are the only ones its ticks read.
+	stack *devstack.Stack
 }
 
 // newFixture builds a broker the way the functions do (setup.Broker) over a
@@ -96,17 +100,26 @@ func newFixture(t *testing.T, overrides ...map[string]string) *fixture {
 	if err := localaws.CreateTable(ctx, localaws.DynamoDBClient(stack.Endpoints.DynamoDB), root+"/template.yaml", table); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{}
-	for k, v := range stack.FunctionEnv {
-		env[k] = v
-	}
-	env["TABLE_NAME"] = table
+	own := *stack
+	prefixed := false
 	for _, o := range overrides {
-		for k, v := range o {
-			env[k] = v
+		if p, ok := o["SSM_PREFIX"]; ok {
+			own.Prefix, prefixed = p, true
 		}
 	}
-	f := &fixture{clock: &clock{t: time.Now()}, metrics: &bytes.Buffer{}, table: table, env: env}
+	if !prefixed {
+		fork, err := stack.Fork(ctx, "/"+localaws.UniqueName("tb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		own = *fork
+	}
+	env := maps.Clone(own.FunctionEnv)
+	env["TABLE_NAME"] = table
+	for _, o := range overrides {
+		maps.Copy(env, o)
+	}
+	f := &fixture{clock: &clock{t: time.Now()}, metrics: &bytes.Buffer{}, table: table, env: env, stack: &own}
 	f.mw = &lockedWriter{w: f.metrics}
 	f.b = f.sibling(t)
 	snap, err := f.b.Config.Snapshot(ctx)
@@ -448,11 +461,11 @@ func TestPerProviderConcurrencyLimit(t *testing.T) {
 	srv := startServer(t, o2)
 	name := localaws.UniqueName("slow")
 	o2.RedirectURI = "https://broker.test/callback/" + name
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
-	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: f.stack.Prefix}
 	for i := 0; i < 12; i++ {
 		f.authorize(t, store.Key{Provider: name, Connection: fmt.Sprintf("c%d", i)})
 	}

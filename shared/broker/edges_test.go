@@ -68,7 +68,7 @@ func revokingProvider(t *testing.T, f *fixture, perToken bool, tune func(*emulat
 	}
 	o2.SetClock(f.clock.Now)
 	srv := startServer(t, o2)
-	if err := stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token", "revoke_url": srv + "/revoke", "auth_style": "basic",
 		"revoke_per_token": perToken}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
@@ -257,7 +257,7 @@ func TestStableTokenMinTTLAsksOncePerToken(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("stable")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": devstack.WeChatAppID, "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": devstack.WeChatAppID, "api_base": srv,
 		"token_api": "stable_token"}, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}

@@ -71,11 +71,11 @@ func TestFanOutReviewEscapedKeyLeakReachesLastError(t *testing.T) {
 	})
 	srv := startServer(t, h)
 	name := localaws.UniqueName("leak")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": "c",
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": "c",
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token"}, "secret-0123456789"); err != nil {
 		t.Fatal(err)
 	}
-	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: f.stack.Prefix}
 	k := store.Key{Provider: name, Connection: "c1"}
 	if _, _, err := f.b.Import(ctx, broker.ImportRequest{Key: k, AccessToken: "at-import-0123456789", RefreshToken: "rt-import-0123456789", ExpiresIn: ptr(int64(120))}); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestFanOutReviewWorkersAndCallersNeverReuseARefreshToken(t *testing.T) {
 	name := localaws.UniqueName("sinafan")
 	sina := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, "https://broker.test/callback/"+name)
 	sina.SetClock(f.clock.Now)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": startServer(t, sina)}, devstack.SinaSecret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": startServer(t, sina)}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()

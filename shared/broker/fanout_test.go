@@ -60,11 +60,11 @@ func ownProvider(t *testing.T, f *fixture) (string, *emulator.OAuth2, *countingP
 	o2 := emulator.NewOAuth2(devstack.OAuth2ClientID, devstack.OAuth2Secret, "https://broker.test/callback/"+name)
 	counter := &countingProvider{h: o2}
 	srv := startServer(t, counter)
-	if err := stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
-	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: stack.Prefix}
+	f.b.Config = &config.Loader{SSM: localaws.SSMClient(stack.Endpoints.SSM), Prefix: f.stack.Prefix}
 	return name, o2, counter
 }
 

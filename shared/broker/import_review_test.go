@@ -29,7 +29,7 @@ func r2Provider(t *testing.T, f *fixture, perToken bool) (string, *emulator.OAut
 	name := localaws.UniqueName("r2rev")
 	o2 := emulator.NewOAuth2(devstack.OAuth2ClientID, devstack.OAuth2Secret, "https://broker.test/callback/"+name)
 	srv := startServer(t, o2)
-	if err := stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token", "revoke_url": srv + "/revoke", "auth_style": "basic",
 		"revoke_per_token": perToken}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)

@@ -51,7 +51,7 @@ func oidcProvider(t *testing.T, f *fixture, prefix, authStyle string, tune func(
 		}
 	})
 	doc["authorize_url"], doc["token_url"], doc["revoke_url"] = srv.AuthorizeURL(), srv.TokenURL(), srv.RevokeURL()
-	if err := stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()
@@ -238,7 +238,7 @@ func TestOIDCProviderClientCredentials(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	name, srv := oidcProvider(t, f, "oidccc", "basic", nil)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
 		"token_url": srv.TokenURL(), "auth_style": "basic", "scopes": []string{"api"}}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestOIDCProviderWrongSecretIsNotTheUsersFault(t *testing.T) {
 	}
 	doc := map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID, "authorize_url": srv.AuthorizeURL(), "token_url": srv.TokenURL(),
 		"revoke_url": srv.RevokeURL(), "auth_style": "basic", "scopes": []string{"openid", "offline_access"}, "authorize_params": map[string]string{"prompt": "consent"}}
-	if err := stack.PutProvider(ctx, name, doc, "not-the-secret"); err != nil {
+	if err := f.stack.PutProvider(ctx, name, doc, "not-the-secret"); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()
@@ -288,7 +288,7 @@ func TestOIDCProviderWrongSecretIsNotTheUsersFault(t *testing.T) {
 		t.Fatalf("status after a wrong secret: %+v, %v", st, err)
 	}
 	checkCounters(t, srv, "wrong secret", map[string]int{"POST /token refresh_token 401": 1, "grant.error.refresh_token.invalid_client": 1, "grant.revoked": 0})
-	if err := stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, doc, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()

@@ -100,7 +100,7 @@ func TestRefreshReviewForcedStableCountAppliedButAnswerLost(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("wxr1")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
 		"token_api": "stable_token", "stable_force_budget": 2}, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +441,7 @@ func TestRefreshReviewStableTwoNamesOneAppIDForce(t *testing.T) {
 	var names []string
 	for range 2 {
 		name := localaws.UniqueName("wxr2")
-		if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
+		if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
 			"token_api": "stable_token"}, devstack.WeChatSecret); err != nil {
 			t.Fatal(err)
 		}
@@ -498,7 +498,7 @@ func TestRefreshReviewTokenModeTwoNamesOneAppID(t *testing.T) {
 	var keys []store.Key
 	for range 2 {
 		name := localaws.UniqueName("wxr3")
-		if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
+		if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": appID, "api_base": srv,
 			"token_api": "token"}, devstack.WeChatSecret); err != nil {
 			t.Fatal(err)
 		}
@@ -600,7 +600,7 @@ func TestRefreshReviewRotationKeptWhateverTheFraming(t *testing.T) {
 			o2.SetClock(f.clock.Now)
 			wrap := &bomming{h: o2, mutate: tc.mutate}
 			srv := startServer(t, wrap)
-			if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+			if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 				"authorize_url": srv + "/authorize", "token_url": srv + "/token", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 				t.Fatal(err)
 			}
@@ -631,7 +631,7 @@ func TestRefreshReviewForcedWaiterOnADenial(t *testing.T) {
 	name := localaws.UniqueName("sinadenw")
 	sina := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, "https://broker.test/callback/"+name)
 	sina.SetClock(f.clock.Now)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": startServer(t, sina)}, devstack.SinaSecret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": startServer(t, sina)}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()

@@ -243,7 +243,7 @@ func oversized(t *testing.T, size int, scope string) {
 	prov := &bigTokenSina{size: size, scope: scope, refresh: map[string]bool{"rt-0": false}}
 	srv := startServer(t, prov)
 	name := "bigtok" + fmt.Sprint(time.Now().UnixNano()%1e9)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()
@@ -276,7 +276,7 @@ func TestRegressionMachineFirstFetchStampede(t *testing.T) {
 			o2 := emulator.NewOAuth2(devstack.OAuth2ClientID, devstack.OAuth2Secret, "https://broker.test/callback/x")
 			srv := startServer(t, o2)
 			name := "cc" + fmt.Sprint(time.Now().UnixNano()%1e9)
-			if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
+			if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
 				"token_url": srv + "/token", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 				t.Fatal(err)
 			}
@@ -426,7 +426,7 @@ func TestRegressionLosingCommitServesAPendingItem(t *testing.T) {
 	o2 := emulator.NewOAuth2(devstack.OAuth2ClientID, devstack.OAuth2Secret, "https://broker.test/callback/x")
 	srv := startServer(t, o2)
 	name := "ccdel" + fmt.Sprint(time.Now().UnixNano()%1e9)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "oauth2", "grant": "client_credentials", "client_id": devstack.OAuth2ClientID,
 		"token_url": srv + "/token", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}

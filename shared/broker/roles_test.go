@@ -444,7 +444,7 @@ func TestOversizedAnswerAnnouncesNoRecovery(t *testing.T) {
 	prov := &bigTokenSina{size: 65 << 10, refresh: map[string]bool{"rt-0": false}}
 	srv := startServer(t, prov)
 	name := localaws.UniqueName("secbig")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()
@@ -493,7 +493,7 @@ func TestExpiredWeChatTokenInBackoffSparesTheQuota(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("secquota")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": "wxsecquota0000001", "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": "wxsecquota0000001", "api_base": srv,
 		"token_api": "token", "daily_quota_budget": 10}, "sec-quota-secret"); err != nil {
 		t.Fatal(err)
 	}
@@ -558,7 +558,7 @@ func TestSlowLeaseBeforeTheQuotaCountGivesTheLeaseBack(t *testing.T) {
 	wx.SetClock(f.clock.Now)
 	srv := startServer(t, wx)
 	name := localaws.UniqueName("secslow")
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": "wxsecslowlease001", "api_base": srv,
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "wechat_mp", "client_id": "wxsecslowlease001", "api_base": srv,
 		"token_api": "token"}, "sec-slow-secret"); err != nil {
 		t.Fatal(err)
 	}

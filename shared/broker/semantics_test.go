@@ -40,7 +40,7 @@ func oauth2Provider(t *testing.T, f *fixture, prefix string, tune func(*emulator
 		tune(o2)
 	}
 	srv := startServer(t, o2)
-	if err := stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
+	if err := f.stack.PutProvider(context.Background(), name, map[string]any{"kind": "oauth2", "client_id": devstack.OAuth2ClientID,
 		"authorize_url": srv + "/authorize", "token_url": srv + "/token", "revoke_url": srv + "/revoke", "auth_style": "basic"}, devstack.OAuth2Secret); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func wechatTokenProvider(t *testing.T, f *fixture, budget int) (string, *emulato
 	if budget > 0 {
 		cfg["daily_quota_budget"] = budget
 	}
-	if err := stack.PutProvider(context.Background(), name, cfg, devstack.WeChatSecret); err != nil {
+	if err := f.stack.PutProvider(context.Background(), name, cfg, devstack.WeChatSecret); err != nil {
 		t.Fatal(err)
 	}
 	return name, wx
@@ -487,7 +487,7 @@ func TestSinaCloudWithoutRefreshPermission(t *testing.T) {
 	name := localaws.UniqueName("sinanorefresh")
 	emu := emulator.NewSinaCloud(devstack.SinaClientID, devstack.SinaSecret, "https://broker.test/callback/"+name)
 	srv := startServer(t, emu)
-	if err := stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
+	if err := f.stack.PutProvider(ctx, name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
 	f.freshConfig()

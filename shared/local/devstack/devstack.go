@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -214,6 +215,24 @@ func (st *Stack) CLILines(base string) []string {
 		"tokenbroker list " + OAuth2 + " " + global,
 		"tokenbroker doctor " + global + " --table " + st.Table,
 	}
+}
+
+// Fork is this stack under another SSM prefix, seeded as Start seeds its
+// own: the demo providers (on the same emulators) and a key ring of its
+// own. Tests that register providers of their own each fork, so a
+// refresher tick in one test reads the due index of its providers only,
+// not of every provider every earlier test registered. Closing a fork
+// stops nothing.
+func (st *Stack) Fork(ctx context.Context, prefix string) (*Stack, error) {
+	f := *st
+	f.Prefix = config.Prefix(prefix)
+	f.FunctionEnv = maps.Clone(st.FunctionEnv)
+	f.FunctionEnv["SSM_PREFIX"] = f.Prefix
+	f.stopStandins, f.servers = nil, nil
+	if err := f.seed(ctx, localaws.SSMClient(st.Endpoints.SSM)); err != nil {
+		return nil, err
+	}
+	return &f, nil
 }
 
 // PutProvider writes (or replaces) one provider's parameters.
