@@ -313,7 +313,11 @@ func (b *Broker) Confirm(ctx context.Context, req ConfirmRequest) (*Status, erro
 	if err := validKey(req.Key); err != nil {
 		return nil, err
 	}
-	bad := Errorf(CodeBadRequest, "connect_id is unknown, already used, expired or not for this connection; start the authorization again")
+	// A confirm whose answer was lost finds its connect id used: the
+	// message sends that caller to the status, which tells whether the
+	// grant was stored, before a user is sent through consent again.
+	bad := Errorf(CodeBadRequest, "connect_id is unknown, already used, expired or not for this connection; "+
+		"if an earlier confirm's answer was lost, read the connection's status first, else start the authorization again")
 	if len(req.ConnectID) < 16 || len(req.ConnectID) > 512 {
 		return nil, bad
 	}
