@@ -31,6 +31,7 @@ import (
 type sinaWorld struct {
 	name  string
 	emu   *emulator.SinaCloud
+	url   string // the emulator's base URL
 	table string
 	store *store.Store
 }
@@ -43,6 +44,7 @@ func newSinaWorld(t *testing.T, prefix string, accessTTL time.Duration) *sinaWor
 	w.emu.AccessTTL = accessTTL
 	srv := httptest.NewServer(w.emu)
 	t.Cleanup(srv.Close)
+	w.url = srv.URL
 	if err := stack.PutProvider(ctx, w.name, map[string]any{"kind": "sinacloud", "client_id": devstack.SinaClientID, "api_base": srv.URL}, devstack.SinaSecret); err != nil {
 		t.Fatal(err)
 	}
@@ -239,6 +241,7 @@ func TestChaosKilledProcessesNeverLoseAGrantSilently(t *testing.T) {
 		time.Sleep(2 * time.Second)
 	}
 
+	surfaced := surfacePendingLosses(t, w, tokenFns[0], keys)
 	evs, err := sink.Receive(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -247,8 +250,8 @@ func TestChaosKilledProcessesNeverLoseAGrantSilently(t *testing.T) {
 	if kills == 0 || ticks.Load() == 0 || served.Load() == 0 {
 		t.Fatalf("the run did nothing: %d kills, %d ticks, %d tokens served", kills, ticks.Load(), served.Load())
 	}
-	t.Logf("chaos: %d kills, %d requests killed, %d ticks, %d tokens served, %d refused, %d unavailable, %d provider refreshes, %d grants lost to a kill between the provider's answer and the commit (each ended in needs_reauth with one event); last tick %+v",
-		kills, killed.Load(), ticks.Load(), served.Load(), refused.Load(), unavailable.Load(), w.emu.RefreshCalls(), lost, last)
+	t.Logf("chaos: %d kills, %d requests killed, %d ticks, %d tokens served, %d refused, %d unavailable, %d provider refreshes, %d grants lost to a kill between the provider's answer and the commit (each ended in needs_reauth with one event; %d of them surfaced by a forced refresh after the calm); last tick %+v",
+		kills, killed.Load(), ticks.Load(), served.Load(), refused.Load(), unavailable.Load(), w.emu.RefreshCalls(), lost, surfaced, last)
 }
 
 // pending counts live leases and unsent notices in w's table.
