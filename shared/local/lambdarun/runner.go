@@ -66,10 +66,14 @@ type Runner struct {
 	addr     string
 	invokeMu sync.Mutex // one invoke at a time, as one sandbox
 
-	mu      sync.Mutex
-	proc    *exec.Cmd
-	exited  chan struct{}
-	pending chan *invocation // handed to /next
+	mu     sync.Mutex
+	proc   *exec.Cmd
+	exited chan struct{}
+	// pending hands an invoke to the current process's /next. Each
+	// process gets its own, so a /next left waiting by a process that died
+	// (its request not yet seen as closed) cannot take the next process's
+	// invoke.
+	pending chan *invocation
 	current *invocation
 	initErr *FunctionError
 	starts  int
@@ -105,7 +109,7 @@ func Start(cfg Config) (*Runner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lambdarun: listen: %w", err)
 	}
-	r := &Runner{cfg: cfg, addr: l.Addr().String(), pending: make(chan *invocation)}
+	r := &Runner{cfg: cfg, addr: l.Addr().String()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+apiPrefix+"/invocation/next", r.next)
 	mux.HandleFunc("POST "+apiPrefix+"/invocation/{id}/response", r.response)
@@ -161,6 +165,10 @@ func (r *Runner) spawn() error {
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = r.cfg.Stdout, r.cfg.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// The new process's channel is in place before it can ask /next.
+	r.mu.Lock()
+	r.pending = make(chan *invocation)
+	r.mu.Unlock()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("lambdarun: start %s: %w", r.cfg.Bootstrap, err)
 	}
@@ -224,11 +232,11 @@ func (r *Runner) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	timer := time.NewTimer(r.cfg.Timeout)
 	defer timer.Stop()
 	r.mu.Lock()
-	exited := r.exited
+	exited, pending := r.exited, r.pending
 	r.mu.Unlock()
 	// Hand the invoke to the process's next /next call.
 	select {
-	case r.pending <- inv:
+	case pending <- inv:
 	case <-exited:
 		r.mu.Lock()
 		ierr := r.initErr
@@ -270,8 +278,11 @@ func (r *Runner) clearCurrent(inv *invocation) {
 }
 
 func (r *Runner) next(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	pending := r.pending
+	r.mu.Unlock()
 	select {
-	case inv := <-r.pending:
+	case inv := <-pending:
 		r.mu.Lock()
 		r.current = inv
 		r.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,6 +151,34 @@ func TestFunctionErrorCrashAndTimeout(t *testing.T) {
 	}
 	if again, err := call(t, r, command{Echo: "again"}); err != nil || again["echo"] != "again" {
 		t.Fatalf("after a crash: %v %v", again, err)
+	}
+}
+
+// A process killed while it waits in /next (an idle sandbox reclaimed, or
+// an outside SIGKILL) leaves that request's handler waiting until the
+// server notices the closed connection. The next invoke cold-starts a new
+// process, and that process, not the dead one's handler, gets the event.
+func TestInvokeAfterAnIdleProcessWasKilled(t *testing.T) {
+	r := start(t, "serve", 5*time.Second)
+	for i := range 5 {
+		before, err := call(t, r, command{Echo: "warm"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := r.PID()
+		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for r.PID() == pid {
+			time.Sleep(time.Millisecond)
+		}
+		after, err := call(t, r, command{Echo: "again"})
+		if err != nil || after["echo"] != "again" || after["pid"] == before["pid"] {
+			t.Fatalf("round %d: the invoke after an idle kill: %v %v", i, after, err)
+		}
+	}
+	if r.Starts() != 6 {
+		t.Fatalf("%d starts, want 6 (one, then one per kill)", r.Starts())
 	}
 }
 
