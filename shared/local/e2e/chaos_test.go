@@ -34,6 +34,18 @@ type sinaWorld struct {
 	url   string // the emulator's base URL
 	table string
 	store *store.Store
+	// served holds every access token a token answer (200) carried.
+	served sync.Map
+}
+
+// recordServed notes the access token of a 200 token answer's body.
+func (w *sinaWorld) recordServed(body string) {
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if json.Unmarshal([]byte(body), &tok) == nil && tok.AccessToken != "" {
+		w.served.Store(tok.AccessToken, true)
+	}
 }
 
 func newSinaWorld(t *testing.T, prefix string, accessTTL time.Duration) *sinaWorld {
@@ -171,6 +183,7 @@ func TestChaosKilledProcessesNeverLoseAGrantSilently(t *testing.T) {
 				switch resp.StatusCode {
 				case 200:
 					served.Add(1)
+					w.recordServed(resp.Body)
 				case 409:
 					refused.Add(1)
 				case 503:

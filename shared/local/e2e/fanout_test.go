@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -242,6 +243,9 @@ func surfacePendingLosses(t *testing.T, w *sinaWorld, fn *lambdarun.Runner, keys
 		if c.Status != store.StatusActive || w.emu.RefreshUsable(c.RefreshToken) {
 			continue
 		}
+		if err := lostOnTheWay(w, c.RefreshToken); err != nil {
+			t.Errorf("%s: %v", k, err)
+		}
 		sent++
 		rq := request{method: "POST", path: "/connections/" + k.Provider + "/" + k.Connection + "/refresh", iam: true}
 		out, err := fn.Invoke(context.Background(), rq.event())
@@ -259,6 +263,25 @@ func surfacePendingLosses(t *testing.T, w *sinaWorld, fn *lambdarun.Runner, keys
 	return sent
 }
 
+// lostOnTheWay tells a stored refresh token whose rotation was lost on
+// the way (nil) from an older grant written over a newer one. A lost
+// answer was never stored, so its grant was never served and its refresh
+// token never used; a grant that was stored and then overwritten would
+// usually have been served, or refreshed again.
+func lostOnTheWay(w *sinaWorld, refresh string) error {
+	next, nextAccess, ok := w.emu.Successor(refresh)
+	switch {
+	case !ok:
+		return errors.New("its refresh token is spent, but the provider never traded it")
+	case !w.emu.RefreshUsable(next):
+		return errors.New("the grant its refresh token was traded for was refreshed again: an older grant was stored over a newer one")
+	}
+	if _, served := w.served.Load(nextAccess); served {
+		return errors.New("the grant its refresh token was traded for was served to a caller, so it had been stored: an older grant was written over it")
+	}
+	return nil
+}
+
 // A grant rotated at the provider whose answer never reached the table (a
 // kill between the provider's answer and the commit) is stored active and
 // not yet due. It is not silent: the next refresh presents the spent
@@ -274,14 +297,36 @@ func TestSpentGrantEndsVisiblyAtItsNextRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.PostForm(w.url+"/oauth2/access_token", url.Values{"grant_type": {"refresh_token"}, "client_id": {devstack.SinaClientID},
-		"client_secret": {devstack.SinaSecret}, "refresh_token": {spent.RefreshToken}})
-	if err != nil {
-		t.Fatal(err)
+	rotate := func(refresh string) {
+		t.Helper()
+		resp, err := http.PostForm(w.url+"/oauth2/access_token", url.Values{"grant_type": {"refresh_token"}, "client_id": {devstack.SinaClientID},
+			"client_secret": {devstack.SinaSecret}, "refresh_token": {refresh}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || w.emu.RefreshUsable(refresh) {
+			t.Fatalf("rotation at the emulator: %d", resp.StatusCode)
+		}
 	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || w.emu.RefreshUsable(spent.RefreshToken) {
-		t.Fatalf("the rotation at the emulator: %d", resp.StatusCode)
+	rotate(spent.RefreshToken)
+	if err := lostOnTheWay(w, spent.RefreshToken); err != nil {
+		t.Fatalf("a rotation lost on the way judged an overwrite: %v", err)
+	}
+	// A grant stored in no connection, rotated once: had its successor been
+	// served (stored, then overwritten), or refreshed again, it is an
+	// overwrite, not a loss on the way.
+	_, other, _ := w.emu.IssueGrant()
+	rotate(other)
+	next, nextAccess, _ := w.emu.Successor(other)
+	w.served.Store(nextAccess, true)
+	if err := lostOnTheWay(w, other); err == nil {
+		t.Fatal("a served successor not judged an overwrite")
+	}
+	w.served.Delete(nextAccess)
+	rotate(next)
+	if err := lostOnTheWay(w, other); err == nil {
+		t.Fatal("a successor refreshed again not judged an overwrite")
 	}
 	if n := surfacePendingLosses(t, w, fn, keys); n != 1 {
 		t.Fatalf("%d forced refreshes, want 1 (only the spent grant)", n)
@@ -293,8 +338,8 @@ func TestSpentGrantEndsVisiblyAtItsNextRefresh(t *testing.T) {
 	if lost := checkNoSilentLoss(t, w, keys, evs, 1); lost != 1 {
 		t.Fatalf("%d grants lost, want 1", lost)
 	}
-	if w.emu.RefreshCalls() != 1 {
-		t.Fatalf("%d rotations, want only the one made here", w.emu.RefreshCalls())
+	if w.emu.RefreshCalls() != 3 {
+		t.Fatalf("%d rotations, want only the three made here", w.emu.RefreshCalls())
 	}
 }
 
@@ -478,12 +523,14 @@ func TestFanOutChaosKilledWorkersNeverLoseAGrantSilently(t *testing.T) {
 					continue // a killed sandbox
 				}
 				var resp struct {
-					StatusCode int `json:"statusCode"`
+					StatusCode int    `json:"statusCode"`
+					Body       string `json:"body"`
 				}
 				_ = json.Unmarshal(out, &resp)
 				switch resp.StatusCode {
 				case 200:
 					served.Add(1)
+					w.recordServed(resp.Body)
 				case 409, 503:
 				default:
 					t.Errorf("token answered %d: %s", resp.StatusCode, out)

@@ -81,6 +81,9 @@ func (e *SinaCloud) Killed() int {
 type sinaRefresh struct {
 	expires time.Time
 	used    bool
+	// access is the access token issued with this refresh token; next is
+	// the refresh token of the grant this one was traded for.
+	access, next string
 }
 
 // NewSinaCloud returns an emulator for one client.
@@ -132,6 +135,20 @@ func (e *SinaCloud) RefreshUsable(tok string) bool {
 	return ok && !rt.used && now.Before(rt.expires)
 }
 
+// Successor is the grant a refresh token was traded for: its refresh and
+// access tokens; ok is false for a token never traded (or unknown). Tests
+// use it to tell a grant whose rotation was lost on the way (the successor
+// was never stored or served) from an older grant written over a newer one.
+func (e *SinaCloud) Successor(refresh string) (nextRefresh, nextAccess string, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rt, found := e.refresh[refresh]
+	if !found || rt.next == "" {
+		return "", "", false
+	}
+	return rt.next, e.refresh[rt.next].access, true
+}
+
 // RefreshCalls is the number of refresh_token grants answered.
 func (e *SinaCloud) RefreshCalls() int {
 	e.mu.Lock()
@@ -169,7 +186,7 @@ func (e *SinaCloud) authorize(w http.ResponseWriter, r *http.Request) {
 func (e *SinaCloud) grant(now time.Time) map[string]any {
 	access, refresh := randomToken("SCA", 20), randomToken("SCR", 20)
 	e.access[access] = now.Add(e.AccessTTL)
-	e.refresh[refresh] = &sinaRefresh{expires: now.Add(e.AccessTTL + 24*time.Hour)}
+	e.refresh[refresh] = &sinaRefresh{expires: now.Add(e.AccessTTL + 24*time.Hour), access: access}
 	return map[string]any{"access_token": access, "expires_in": int(e.AccessTTL.Seconds()),
 		"token_type": "Bearer", "scope": nil, "refresh_token": refresh}
 }
@@ -219,6 +236,7 @@ func (e *SinaCloud) token(w http.ResponseWriter, r *http.Request) {
 			rt.used = true
 			e.grants++
 			g := e.grant(now)
+			rt.next = g["refresh_token"].(string)
 			writeToken(w, e.odd(g), g)
 		}
 	default:
