@@ -283,9 +283,21 @@ func (r *Runner) next(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 	select {
 	case inv := <-pending:
+		// The process that asked may have died since (its request waits
+		// until the server sees the connection closed). Under the lock the
+		// exit goroutine takes: either it sees this invoke as current and
+		// fails it, or this sees the process gone and fails it here, so the
+		// invoke never waits out its timeout for a dead process.
 		r.mu.Lock()
-		r.current = inv
+		alive := r.proc != nil && r.pending == pending
+		if alive {
+			r.current = inv
+		}
 		r.mu.Unlock()
+		if !alive {
+			inv.finish(result{ferr: &FunctionError{Type: "Runtime.ExitError", Message: "the process exited before answering"}})
+			return
+		}
 		h := w.Header()
 		h.Set("Lambda-Runtime-Aws-Request-Id", inv.id)
 		h.Set("Lambda-Runtime-Deadline-Ms", strconv.FormatInt(inv.deadline.UnixMilli(), 10))
