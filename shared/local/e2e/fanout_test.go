@@ -223,15 +223,15 @@ func settleFanOut(t *testing.T, w *sinaWorld, f *fanOut, visibility time.Duratio
 
 // surfacePendingLosses sends, through a token function, one forced
 // refresh for every active connection whose stored refresh token the
-// provider has already spent, and returns how many it sent. Each must end
-// in needs_reauth (409): a spent token that refreshed would be a bug. A
-// stale access token with a usable refresh token is left for
-// checkNoSilentLoss to report (a connection the refresher lost track of). A kill between the provider's
-// answer and the commit leaves the spent refresh token stored; the loss
-// becomes visible at the connection's next refresh, which for a connection
-// refreshed by force before it was due can be a refresh interval after
-// the calm. This makes that refresh happen now, as a caller would on a
-// rejected token, so checkNoSilentLoss sees each such loss as it ends.
+// provider has already spent, and returns how many it sent. A kill between
+// the provider's answer and the commit leaves such a token stored; the loss
+// shows at the connection's next refresh, which for a connection refreshed
+// by force before it was due can come a refresh interval after the calm.
+// This makes that refresh happen now, as a caller would on a rejected
+// token: each must end in needs_reauth (409), and each spent token must
+// look lost on the way, not overwritten (lostOnTheWay). A stale access
+// token with a usable refresh token is left for checkNoSilentLoss to
+// report: the refresher lost track of that connection.
 func surfacePendingLosses(t *testing.T, w *sinaWorld, fn *lambdarun.Runner, keys []store.Key) int {
 	t.Helper()
 	sent := 0
